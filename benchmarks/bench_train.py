@@ -1,0 +1,82 @@
+"""Training throughput (images/s) of the diffusion UNet at the canine recipe (64 px). Prints one JSON line.
+
+python benchmarks/bench_train.py --dim 64 --dim_mults 1,2,4 --batch_size 32 --steps 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config import int_list  # noqa: E402
+from diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
+from diffusion.unet import UNet, count_parameters  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image_size", type=int, default=64)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--dim_mults", type=int_list, default=[1, 2, 4])
+    p.add_argument("--num_res_blocks", type=int, default=2)
+    p.add_argument("--attn_resolutions", type=int_list, default=[16])
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--channels_last", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = UNet(image_size=args.image_size, dim=args.dim, dim_mults=args.dim_mults, num_res_blocks=args.num_res_blocks,
+                 attn_resolutions=args.attn_resolutions).to(device)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    net = torch.compile(model) if args.compile else model
+    diffusion = GaussianDiffusion.from_config("cosine", 1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+    x0 = (torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device) * 2 - 1).to(memory_format=fmt)
+    score = torch.rand(args.batch_size, device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = diffusion.training_losses(lambda x, t: net(x, t, {"score": score}), x0).mean()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - tic
+    print(json.dumps({
+        "benchmark": "train_diffusion",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+        "image_size": args.image_size, "dim": args.dim, "dim_mults": args.dim_mults, "batch_size": args.batch_size,
+        "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
+        "parameters": count_parameters(model),
+        "images_per_s": round(args.batch_size * args.steps / seconds, 2),
+        "seconds_per_step": round(seconds / args.steps, 4),
+    }))
+
+
+if __name__ == "__main__":
+    main()

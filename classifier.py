@@ -1,0 +1,68 @@
+"""ResNet mitosis classifiers with a one-logit head, and the ensemble that averages their probabilities."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision import models
+
+ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ResNetClassifier(nn.Module):
+    """torchvision ResNet taking images in [-1, 1] and returning one mitosis logit per image."""
+
+    def __init__(self, arch: str = "resnet18"):
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"--model_type: expected one of {ARCHITECTURES}, got {arch!r}")
+        self.arch = arch
+        self.backbone = getattr(models, arch)(weights=None)
+        self.backbone.fc = nn.Linear(self.backbone.fc.in_features, 1)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def config(self) -> dict:
+        return {"arch": self.arch}
+
+    def load_pretrained(self, path: str | Path) -> None:
+        """Load an ImageNet (torchvision) state dict from a local file; the 1000-class head is left out."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"--pretrained_weights: file {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
+            raise ValueError(
+                f"--pretrained_weights {path} does not fit {self.arch}: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = ((x + 1.0) * 0.5 - self.mean) / self.std
+        return self.backbone(x).squeeze(1)
+
+
+class Ensemble(nn.Module):
+    """Mean of the members' sigmoid probabilities; `member_probs` gives each member's too."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one classifier")
+        self.members = nn.ModuleList(members)
+
+    @torch.no_grad()
+    def member_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(num_members, B) probabilities."""
+        return torch.stack([torch.sigmoid(m(x).float()) for m in self.members])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.member_probs(x).mean(0)
+

@@ -1,0 +1,264 @@
+"""Patches around annotations, read from whole-slide images through openslide."""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import openslide
+import torch
+from torch.utils.data import Dataset
+
+from data.annotations import Annotation, DataError
+
+SCALINGS = ("minmax", "percentile")
+SPLITS = ("slides", "y_percentile")
+
+
+def read_patch(slide: openslide.OpenSlide, cx: float, cy: float, size: int) -> np.ndarray:
+    """Read a size x size RGB patch centred on level-0 (cx, cy); pixels outside the slide are white."""
+    x0 = int(round(cx)) - size // 2
+    y0 = int(round(cy)) - size // 2
+    rgba = np.asarray(slide.read_region((x0, y0), 0, (size, size)), dtype=np.float32)
+    alpha = rgba[..., 3:4] / 255.0
+    rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def to_model_range(patch: np.ndarray, scaling: str = "minmax") -> np.ndarray:
+    """uint8 HxWx3 -> float32 3xHxW in [-1, 1]; 'percentile' divides by the image's 99th percentile first."""
+    x = patch.astype(np.float32)
+    if scaling == "percentile":
+        top = max(float(np.percentile(x, 99)), 1.0)
+        x = np.clip(x / top, 0.0, 1.0)
+    elif scaling == "minmax":
+        x = x / 255.0
+    else:
+        raise DataError(f"--scaling: expected one of {SCALINGS}, got {scaling!r}")
+    return np.ascontiguousarray((x * 2.0 - 1.0).transpose(2, 0, 1))
+
+
+def dihedral(patch: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 rotations by 90 degrees and flips of an HxWxC array (k in 0..7)."""
+    out = np.rot90(patch, k % 4, axes=(0, 1))
+    return out[:, ::-1] if k >= 4 else out
+
+
+def resolve_slides(annotations: Sequence[Annotation], slides_dir: str | Path) -> dict[str, Path]:
+    """Map every slide named by the annotations to its file; a missing file is an error naming it."""
+    folder = Path(slides_dir)
+    if not folder.is_dir():
+        raise DataError(f"slides folder {folder} does not exist (expected the whole-slide images there)")
+    paths: dict[str, Path] = {}
+    for name in sorted({a.slide for a in annotations}):
+        path = folder / name
+        if not path.is_file():
+            candidates = sorted(folder.glob(Path(name).stem + ".*"))
+            if len(candidates) != 1:
+                raise DataError(f"slide file {path} is missing (named by the annotations)")
+            path = candidates[0]
+        paths[name] = path
+    return paths
+
+
+def slide_dimensions(paths: Mapping[str, Path]) -> dict[str, tuple[int, int]]:
+    """Open each slide once to check it is readable and return its level-0 size."""
+    dims: dict[str, tuple[int, int]] = {}
+    for name, path in paths.items():
+        try:
+            with openslide.OpenSlide(str(path)) as slide:
+                dims[name] = slide.dimensions
+        except (openslide.OpenSlideError, OSError) as err:
+            raise DataError(f"slide file {path} cannot be read by openslide: {err}") from None
+    return dims
+
+
+def check_tile_fits(dims: Mapping[str, tuple[int, int]], tile_size: int) -> None:
+    for name, (w, h) in dims.items():
+        if tile_size > min(w, h):
+            raise DataError(f"--tile_size {tile_size} is larger than slide {name} ({w} x {h} px)")
+
+
+def split_annotations(
+    annotations: Sequence[Annotation],
+    mode: str = "slides",
+    split_file: str | Path | None = None,
+    val_fraction: float = 0.2,
+) -> tuple[list[Annotation], list[Annotation]]:
+    """Train / validation split: by slide lists in a CSV (`slide,split`), or per slide by y percentile.
+
+    The y-percentile rule keeps, on every slide, the annotations below the (1 - val_fraction) quantile of y
+    for training and the rest for validation, so each slide contributes to both sets.
+    """
+    if mode == "slides":
+        if split_file is None:
+            raise DataError("--split slides needs --split_file CSV with columns slide,split")
+        assignment = read_split_file(split_file)
+        train = [a for a in annotations if assignment.get(a.slide) == "train"]
+        val = [a for a in annotations if assignment.get(a.slide) in ("val", "valid", "validation")]
+        if not train:
+            raise DataError(f"{split_file}: no annotated slide is assigned to 'train'")
+        return train, val
+    if mode == "y_percentile":
+        if not 0.0 < val_fraction < 1.0:
+            raise DataError(f"--val_fraction must be in (0, 1), got {val_fraction}")
+        train, val = [], []
+        by_slide: dict[str, list[Annotation]] = {}
+        for a in annotations:
+            by_slide.setdefault(a.slide, []).append(a)
+        for items in by_slide.values():
+            cut = np.quantile([a.y for a in items], 1.0 - val_fraction)
+            for a in items:
+                (val if a.y > cut else train).append(a)
+        return train, val
+    raise DataError(f"--split: expected one of {SPLITS}, got {mode!r}")
+
+
+def read_split_file(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split file {path} does not exist")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"slide", "split"} <= set(reader.fieldnames):
+            raise DataError(f"{path}: expected a CSV header with columns slide,split")
+        return {row["slide"].strip(): row["split"].strip().lower() for row in reader}
+
+
+@dataclass(frozen=True)
+class PatchOptions:
+    tile_size: int = 64
+    scaling: str = "minmax"
+    score: str = "soft"
+    max_offset: int = 0
+    augment: bool = True
+
+
+class _SlidePatches(Dataset):
+    """Shared reading logic: lazily opened openslide handles, one set per worker process."""
+
+    def __init__(self, slide_paths: Mapping[str, Path], options: PatchOptions):
+        self.slide_paths = dict(slide_paths)
+        self.options = options
+        self._handles: dict[str, openslide.OpenSlide] = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def _slide(self, name: str) -> openslide.OpenSlide:
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = openslide.OpenSlide(str(self.slide_paths[name]))
+            self._handles[name] = handle
+        return handle
+
+    def _sample(self, ann: Annotation, dx: int = 0, dy: int = 0, k: int = 0) -> dict:
+        opts = self.options
+        patch = read_patch(self._slide(ann.slide), ann.x + dx, ann.y + dy, opts.tile_size)
+        if k:
+            patch = dihedral(patch, k)
+        score = ann.soft if opts.score == "soft" else float(ann.label)
+        return {
+            "image": torch.from_numpy(to_model_range(patch, opts.scaling)),
+            "score": torch.tensor(score, dtype=torch.float32),
+            "label": ann.label,
+            "meta": {"slide": ann.slide, "x": float(ann.x), "y": float(ann.y), "uid": ann.uid},
+        }
+
+
+class WSITrainPatches(_SlidePatches):
+    """Training patches: sample i is fully determined by (seed, i), so any position in the stream can be resumed.
+
+    With `mite_ratio` r, every batch of `batch_size` consecutive indices holds floor(r * B) or ceil(r * B)
+    mitotic patches (the expected share is exactly r). A class is drawn first, then an annotation uniformly
+    among that class, which draws each slide in proportion to its count of that class. Without `mite_ratio`,
+    annotations are drawn uniformly (the data's own ratio).
+    """
+
+    def __init__(
+        self,
+        annotations: Sequence[Annotation],
+        slide_paths: Mapping[str, Path],
+        options: PatchOptions,
+        batch_size: int,
+        mite_ratio: float | None = 0.5,
+        seed: int = 0,
+    ):
+        super().__init__(slide_paths, options)
+        self.annotations = list(annotations)
+        self.mitotic = [a for a in self.annotations if a.label == 1]
+        self.negative = [a for a in self.annotations if a.label == 0]
+        if mite_ratio is not None:
+            if not 0.0 <= mite_ratio <= 1.0:
+                raise DataError(f"--mite_ratio must be in [0, 1], got {mite_ratio}")
+            if mite_ratio > 0 and not self.mitotic:
+                raise DataError("--mite_ratio > 0 but the training set has no mitotic annotations")
+            if mite_ratio < 1 and not self.negative:
+                raise DataError("--mite_ratio < 1 but the training set has no negative annotations")
+        if not self.annotations:
+            raise DataError("the training set has no annotations")
+        self.batch_size = batch_size
+        self.mite_ratio = mite_ratio
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def is_mitotic_slot(self, index: int) -> bool:
+        """Whether stream position `index` holds a mitotic patch (decided per batch)."""
+        batch, pos = divmod(index, self.batch_size)
+        rng = np.random.default_rng([self.seed, batch, 0])
+        exact = self.mite_ratio * self.batch_size
+        count = int(math.floor(exact)) + int(rng.random() < exact - math.floor(exact))
+        return bool(rng.permutation(self.batch_size)[pos] < count)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, index, 1])
+        if self.mite_ratio is None:
+            pool = self.annotations
+        else:
+            pool = self.mitotic if self.is_mitotic_slot(index) else self.negative
+        ann = pool[int(rng.integers(len(pool)))]
+        off = self.options.max_offset
+        dx, dy = (rng.integers(-off, off + 1, size=2) if off > 0 else (0, 0))
+        k = int(rng.integers(8)) if self.options.augment else 0
+        return self._sample(ann, int(dx), int(dy), k)
+
+
+class WSIEvalPatches(_SlidePatches):
+    """Every annotation once, centred, without augmentation (validation and test)."""
+
+    def __init__(self, annotations: Sequence[Annotation], slide_paths: Mapping[str, Path], options: PatchOptions):
+        super().__init__(slide_paths, options)
+        self.annotations = list(annotations)
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def __getitem__(self, index: int) -> dict:
+        return self._sample(self.annotations[index])
+
+
+class StreamSampler(torch.utils.data.Sampler[int]):
+    """Endless stream of dataset indices for one rank, starting at a given batch (the resume position).
+
+    Local batch k of rank r covers global batch g = k * world_size + r, i.e. indices g*B .. g*B + B - 1.
+    """
+
+    def __init__(self, batch_size: int, start_batch: int = 0, rank: int = 0, world_size: int = 1):
+        self.batch_size = batch_size
+        self.start_batch = start_batch
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self):
+        k = self.start_batch
+        while True:
+            g = k * self.world_size + self.rank
+            yield from range(g * self.batch_size, (g + 1) * self.batch_size)
+            k += 1

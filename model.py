@@ -1,0 +1,118 @@
+"""build_model(config) for every --model_type, and load_checkpoint(path) -> a ready model with its config."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from checkpoint import CheckpointError, read_checkpoint
+from classifier import ARCHITECTURES, Ensemble, ResNetClassifier
+from diffusion.gaussian_diffusion import GaussianDiffusion
+from diffusion.unet import UNet
+
+
+def model_config_from(config: dict[str, Any]) -> dict[str, Any]:
+    """The plain dict stored in checkpoints that rebuilds the network (and diffusion process) with no flags."""
+    if config["model_type"] == "diffusion":
+        return {
+            "unet": {
+                "image_size": config["tile_size"],
+                "in_channels": 3,
+                "out_channels": 3,
+                "dim": config["dim"],
+                "dim_mults": list(config["dim_mults"]),
+                "num_res_blocks": config["num_res_blocks"],
+                "attn_resolutions": list(config["attn_resolutions"]),
+                "num_head_channels": config["num_head_channels"],
+                "dropout": config["dropout"],
+                "conditions": list(config["conditions"]),
+                "cond_drop_prob": config["cond_drop_prob"],
+            },
+            "diffusion": {
+                "schedule": config["schedule"],
+                "timesteps": config["timesteps"],
+                "objective": config["objective"],
+                "loss_type": config["loss_function"],
+            },
+        }
+    return {"arch": config["model_type"]}
+
+
+def build_from_model_config(model_type: str, model_config: dict[str, Any]) -> nn.Module:
+    if model_type == "diffusion":
+        return UNet(**model_config["unet"])
+    if model_type in ARCHITECTURES:
+        return ResNetClassifier(model_config["arch"])
+    raise ValueError(f"unknown model type {model_type!r}")
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """A freshly initialised network for config['model_type'] (with --pretrained_weights for classifiers)."""
+    model = build_from_model_config(config["model_type"], model_config_from(config))
+    if config.get("pretrained_weights") and isinstance(model, ResNetClassifier):
+        model.load_pretrained(config["pretrained_weights"])
+    return model
+
+
+def build_diffusion(model_config: dict[str, Any]) -> GaussianDiffusion:
+    return GaussianDiffusion.from_config(**model_config["diffusion"])
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    model_type: str
+    model_config: dict[str, Any]
+    config: dict[str, Any]
+    step: int
+    path: Path
+
+    @property
+    def diffusion(self) -> GaussianDiffusion:
+        return build_diffusion(self.model_config)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
+    """Rebuild the network stored in a checkpoint, in eval mode on `device` (EMA weights when present)."""
+    state = read_checkpoint(path)
+    model = build_from_model_config(state["model_type"], state["model_config"])
+    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path}: weights do not fit the stored model_config ({err})") from None
+    model.to(device).eval()
+    return LoadedModel(model, state["model_type"], state["model_config"], state.get("config", {}), state["step"], Path(path))
+
+
+def classifier_checkpoints(paths: list[str | Path]) -> list[Path]:
+    """Expand files and folders (e.g. model_weights/resnet/) into one checkpoint per ensemble member.
+
+    In a folder, each run folder (one holding best.pt or last.pt) gives its best.pt, or last.pt without one.
+    """
+    found: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_file():
+            found.append(item)
+            continue
+        if not item.is_dir():
+            raise CheckpointError(f"--classifier_ckpts: {item} is neither a checkpoint file nor a folder")
+        runs = sorted({p.parent for p in item.rglob("*.pt") if p.name in ("best.pt", "last.pt")})
+        if not runs:
+            raise CheckpointError(f"--classifier_ckpts: no best.pt or last.pt below {item}")
+        found.extend(run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt" for run in runs)
+    return found
+
+
+def load_ensemble(paths: list[str | Path], device: str | torch.device = "cpu") -> tuple[Ensemble, list[Path]]:
+    files = classifier_checkpoints(paths)
+    members = []
+    for file in files:
+        loaded = load_checkpoint(file, device)
+        if loaded.model_type not in ARCHITECTURES:
+            raise CheckpointError(f"--classifier_ckpts: {file} holds a {loaded.model_type} model, not a classifier")
+        members.append(loaded.model)
+    return Ensemble(members).to(device).eval(), files

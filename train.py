@@ -1,0 +1,138 @@
+"""Train a model: `python train.py --model_type diffusion|resnet18|resnet34|resnet50 --dataset ... [flags]`.
+
+Multi-GPU / multi-process: `torchrun --nproc_per_node N train.py ...` (DDP; NCCL on GPU, gloo on CPU).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from checkpoint import CheckpointError, read_checkpoint
+from config import BY_NAME, RESUME_MAY_CHANGE, ConfigError, resolve, run_dir_for
+from data.annotations import DataError
+from dataloader import build_dataloaders
+from diffusion.gaussian_diffusion import GaussianDiffusion
+from model import build_diffusion, build_model, model_config_from
+from tasks import ClassifierTask, DiffusionTask
+from trainer import Trainer, TrainingError
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError)
+
+
+def pick_device(name: str) -> torch.device:
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def init_distributed(device: torch.device) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def resume_config(run_dir: Path, cli: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stored config of a run, with the few options that may change on resume taken from the CLI."""
+    state = read_checkpoint(run_dir / "last.pt")
+    config = dict(state["config"])
+    for name in cli["explicit"]:
+        if name in RESUME_MAY_CHANGE:
+            config[name] = cli[name]
+        elif cli[name] != config.get(name, BY_NAME[name].default):
+            raise ConfigError(
+                f"--{name} differs from the run being resumed ({config.get(name)!r}); "
+                f"on --resume only {', '.join(sorted(RESUME_MAY_CHANGE - {'resume'}))} may change"
+            )
+    config["resume"] = str(run_dir)
+    return config, state
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"run folder {run_dir} already exists; pass --overwrite to replace it or --resume {run_dir} to continue"
+            )
+        if is_main():
+            shutil.rmtree(run_dir)
+    if dist.is_initialized():
+        dist.barrier()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run(argv: Sequence[str] | None = None) -> Path:
+    """Parse, build, train; returns the run folder."""
+    cli = resolve(argv)
+    state = None
+    if cli.get("resume"):
+        run_dir = Path(cli["resume"])
+        config, state = resume_config(run_dir, cli)
+    else:
+        config = cli
+        run_dir = run_dir_for(config)
+    device = pick_device(config["device"])
+    if config["precision"] == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    init_distributed(device)
+    if state is None:
+        prepare_run_dir(run_dir, config["overwrite"])
+
+    member = config["ensemble"] or 0
+    seed = config["seed"] + member
+    torch.manual_seed(seed)
+    data_config = {**config, "seed": seed}
+    start_batch = state["sampler_position"] if state else 0
+    data = build_dataloaders(data_config, start_batch=start_batch)
+
+    model = build_model(config)
+    model_config = model_config_from(config)
+    if config["model_type"] == "diffusion":
+        diffusion: GaussianDiffusion = build_diffusion(model_config)
+        task = DiffusionTask(diffusion, config["conditions"])
+    else:
+        task = ClassifierTask()
+    if is_main():
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "explicit"}, sort_keys=True))
+    trainer = Trainer(config, model, config["model_type"], model_config, task, data.train, data.val, run_dir, device, state)
+    metrics = trainer.fit()
+    if is_main():
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"finished at step {trainer.step}; checkpoints in {run_dir}" + (f" (validation: {summary})" if summary else ""))
+    return run_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        run(argv)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

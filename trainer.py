@@ -1,0 +1,307 @@
+"""Trainer: the one training loop for every model type (optimiser, EMA, AMP, accumulation, DDP, checkpoints, logs)."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from checkpoint import save_checkpoint
+
+STEP_CHECKPOINT = "step_{:07d}.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class Task(Protocol):
+    monitor: str
+    higher_is_better: bool
+
+    def training_loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor: ...
+
+    def validate(self, model: nn.Module, loader: Any, device: torch.device, max_batches: int = 0) -> dict[str, float]: ...
+
+
+def ema_with_warmup(decay: float):
+    """EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n)) over n updates."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return update
+
+
+def lr_lambda(warmup: int, total: int, schedule: str):
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def build_optimizer(config: dict, params, device: torch.device) -> torch.optim.Optimizer:
+    lr, wd = config["learning_rate"], config["weight_decay"]
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if config["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused)
+    if config["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+
+
+class CsvLog:
+    """Append-only CSV log; on resume, rows past the resumed step are dropped so the log matches the weights."""
+
+    def __init__(self, path: Path, fields: list[str], resume_step: int | None):
+        self.path = path
+        self.fields = fields
+        rows: list[dict] = []
+        if resume_step is not None and path.is_file():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+
+
+class Trainer:
+    """Runs `task` on `model` for config['max_steps'] optimiser steps and writes everything into run_dir."""
+
+    def __init__(
+        self,
+        config: dict,
+        model: nn.Module,
+        model_type: str,
+        model_config: dict,
+        task: Task,
+        train_loader,
+        val_loader,
+        run_dir: Path,
+        device: torch.device,
+        resume_state: dict | None = None,
+    ):
+        self.config = config
+        self.model_type = model_type
+        self.model_config = model_config
+        self.task = task
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.is_main = not self.distributed or dist.get_rank() == 0
+
+        memory_format = torch.channels_last if config["channels_last"] else torch.preserve_format
+        self.model = model.to(device, memory_format=memory_format)
+        self.optimizer = build_optimizer(config, self.model.parameters(), device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(config["warmup_steps"], config["max_steps"], config["lr_schedule"])
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config["precision"] == "fp16")
+        self.ema = None
+        if config["ema_decay"] > 0:
+            self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(config["ema_decay"]), use_buffers=True)
+        self.step = 0
+        self.best: float | None = None
+        self.bad_validations = 0
+        if resume_state is not None:
+            self._load_state(resume_state)
+        self.rng_at_step = self._rng_state()
+
+        self.network: nn.Module = self.model
+        if self.distributed:
+            self.network = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if config["compile"]:
+            self.network = torch.compile(self.network)
+
+    # --- state -------------------------------------------------------------------------------------------
+    def _rng_state(self) -> dict:
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+            self.ema.n_averaged.fill_(state["ema_count"])
+        self.step = state["step"]
+        self.best = state.get("best")
+        self.bad_validations = state.get("bad_validations", 0)
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    def state_dict(self) -> dict:
+        return {
+            "model_type": self.model_type,
+            "model_config": self.model_config,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "ema_count": int(self.ema.n_averaged) if self.ema is not None else 0,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "rng": self.rng_at_step,
+            "sampler_position": self.step * self.config["grad_accum"],
+            "best": self.best,
+            "bad_validations": self.bad_validations,
+            "world_size": dist.get_world_size() if self.distributed else 1,
+            "config": self.config,
+        }
+
+    def save(self, name: str) -> None:
+        if self.is_main:
+            save_checkpoint(self.state_dict(), self.run_dir / name)
+
+    # --- loop ----------------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.config["precision"] == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config["precision"] == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _train_step(self, batches) -> float:
+        accum = self.config["grad_accum"]
+        total = torch.zeros((), device=self.device)
+        for i in range(accum):
+            batch = next(batches)
+            sync = not self.distributed or i == accum - 1
+            with (contextlib.nullcontext() if sync else self.network.no_sync()):
+                with self._autocast():
+                    loss = self.task.training_loss(self.network, batch, self.device) / accum
+                self.scaler.scale(loss).backward()
+            total += loss.detach().float()
+        if self.distributed:
+            dist.all_reduce(total)
+            total /= dist.get_world_size()
+        value = float(total)
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"non-finite loss ({value}) at step {self.step + 1}; stopped, the last good checkpoint in "
+                f"{self.run_dir} is kept (try a lower --learning_rate or --precision fp32)"
+            )
+        if self.config["grad_clip"] > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return value
+
+    def evaluation_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def validate(self) -> dict[str, float]:
+        model = self.evaluation_model()
+        was_training = model.training
+        model.eval()
+        try:
+            with self._autocast():
+                return self.task.validate(model, self.val_loader, self.device, self.config["val_batches"])
+        finally:
+            model.train(was_training)
+
+    def fit(self) -> dict[str, float]:
+        """Train to max_steps (or early stop); returns the last validation metrics."""
+        cfg = self.config
+        resumed = self.step if self.step > 0 else None
+        writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=resumed) if self.is_main else None
+        train_log = CsvLog(self.run_dir / "train_log.csv", ["step", "loss", "lr", "images_per_s"], resumed) if self.is_main else None
+        val_log = None
+        metrics: dict[str, float] = {}
+        batches = iter(self.train_loader)
+        self.model.train()
+        bar = tqdm(total=cfg["max_steps"], initial=self.step, desc=f"train {self.model_type}", disable=not self.is_main, dynamic_ncols=True)
+        tic, images = time.perf_counter(), 0
+        try:
+            while self.step < cfg["max_steps"]:
+                self.rng_at_step = self._rng_state()
+                loss = self._train_step(batches)
+                self.step += 1
+                images += cfg["batch_size"] * cfg["grad_accum"] * (dist.get_world_size() if self.distributed else 1)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                last = self.step == cfg["max_steps"]
+                if self.is_main and (self.step % cfg["log_every"] == 0 or last):
+                    rate = images / max(time.perf_counter() - tic, 1e-9)
+                    lr = self.scheduler.get_last_lr()[0]
+                    train_log.write({"step": self.step, "loss": loss, "lr": lr, "images_per_s": rate})
+                    writer.add_scalar("train/loss", loss, self.step)
+                    writer.add_scalar("train/lr", lr, self.step)
+                    tic, images = time.perf_counter(), 0
+                if self.val_loader is not None and ((cfg["val_every"] and self.step % cfg["val_every"] == 0) or last):
+                    self.rng_at_step = self._rng_state()
+                    metrics = self.validate()
+                    if self.is_main:
+                        if val_log is None:
+                            val_log = CsvLog(self.run_dir / "val_log.csv", ["step", *metrics], resumed)
+                        val_log.write({"step": self.step, **metrics})
+                        for name, value in metrics.items():
+                            writer.add_scalar(f"val/{name}", value, self.step)
+                        bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                    if self._improved(metrics[self.task.monitor]):
+                        self.best, self.bad_validations = metrics[self.task.monitor], 0
+                        self.save("best.pt")
+                    else:
+                        self.bad_validations += 1
+                    if cfg["early_stopping"] and self.bad_validations >= cfg["early_stopping"]:
+                        bar.write(f"early stopping at step {self.step}: no improvement in {self.bad_validations} validations")
+                        self.rng_at_step = self._rng_state()
+                        self.save("last.pt")
+                        break
+                if cfg["save_every"] and self.step % cfg["save_every"] == 0:
+                    self.rng_at_step = self._rng_state()
+                    self.save(STEP_CHECKPOINT.format(self.step))
+            else:
+                self.rng_at_step = self._rng_state()
+                self.save("last.pt")
+        except KeyboardInterrupt:
+            self.save("last.pt")
+            print(f"\ninterrupted: checkpoint at step {self.step} saved to {self.run_dir / 'last.pt'}", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return metrics
+
+    def _improved(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.task.higher_is_better else value < self.best
