@@ -1,0 +1,116 @@
+"""Transition sequences: shared noise within a sequence, outputs, and errors."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import inference
+import train
+from conftest import tiny_config
+from diffusion.gaussian_diffusion import GaussianDiffusion
+from diffusion.unet import UNet
+from test_train import TINY_UNET
+from transitions import SamplingOptions, parse_conditions, render_sequences
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("runs")
+    diffusion = train.run(tiny_config(synthetic_root, out, **{**TINY_UNET, "max_steps": 2}))
+    for member in (0, 1):
+        train.run(tiny_config(synthetic_root, out, model_type="resnet18", tile_size=16, max_steps=1, ensemble=member))
+    return {"diffusion": diffusion / "last.pt", "resnet": out / "resnet"}
+
+
+def test_parse_conditions():
+    assert parse_conditions("0:1:5") == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert parse_conditions("0, 0.3,1") == [0.0, 0.3, 1.0]
+    with pytest.raises(ValueError, match="start:stop:count"):
+        parse_conditions("0:1")
+
+
+class ScoreBlind(torch.nn.Module):
+    """A network whose output ignores the condition, so only the noise decides the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.unet = UNet(image_size=8, dim=8, dim_mults=(1,), attn_resolutions=(), num_head_channels=8, conditions=())
+        torch.nn.init.normal_(self.unet.final_conv.weight, std=0.02)
+        self.config = {"conditions": ["score"]}
+
+    def forward(self, x, t, cond=None, drop_cond=None):
+        return self.unet(x, t)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_a_sequence_shares_start_and_per_step_noise(sampler):
+    torch.manual_seed(0)
+    model = ScoreBlind().eval()
+    diffusion = GaussianDiffusion.from_config("cosine", 20)
+    options = SamplingOptions(sampler=sampler, steps=20, eta=1.0, cfg_scale=2.0)
+    images = render_sequences(model, diffusion, [0.0, 0.5, 1.0], 3, 8, 7, options, torch.device("cpu"), 2, progress=False)
+    assert images.shape == (3, 3, 3, 8, 8)
+    for s in range(3):
+        torch.testing.assert_close(images[s, 0], images[s, 2])
+    assert not torch.allclose(images[0, 0], images[1, 0])
+    again = render_sequences(model, diffusion, [0.0, 0.5, 1.0], 3, 8, 7, options, torch.device("cpu"), 2, progress=False)
+    torch.testing.assert_close(images, again)
+
+
+def test_inference_writes_pictures_and_scores(trained, tmp_path, capsys):
+    out = tmp_path / "transitions"
+    argv = ["--diffusion_ckpt", str(trained["diffusion"]), "--classifier_ckpts", str(trained["resnet"]),
+            "--conditions", "0:1:3", "--num_sequences", "2", "--steps", "3", "--out_dir", str(out)]
+    assert inference.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Spearman" in printed and "grid.png" in printed
+    for name in ("grid.png", "score_vs_condition.png", "sequences/sequence_000.png", "sequences/sequence_001.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert len(rows) == 6 and {"member_0", "member_1", "mean", "std"} <= set(rows[0])
+    for row in rows:
+        members = [float(row["member_0"]), float(row["member_1"])]
+        assert float(row["mean"]) == pytest.approx(np.mean(members), abs=1e-5)
+    assert inference.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_sdedit_from_an_image(trained, tmp_path):
+    image = tmp_path / "nucleus.png"
+    Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(image)
+    out = tmp_path / "sdedit"
+    argv = ["--diffusion_ckpt", str(trained["diffusion"]), "--classifier_ckpts", str(trained["resnet"]),
+            "--conditions", "0,1", "--num_sequences", "1", "--steps", "4", "--from_image", str(image),
+            "--strength", "0.3", "--out_dir", str(out)]
+    assert inference.main(argv) == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [r["start"] for r in rows] == ["nucleus.png", "nucleus.png"]
+
+
+def test_sdedit_from_a_validation_patch(trained, tmp_path):
+    out = tmp_path / "patch"
+    argv = ["--diffusion_ckpt", str(trained["diffusion"]), "--classifier_ckpts", str(trained["resnet"]),
+            "--conditions", "0,1", "--num_sequences", "1", "--steps", "2", "--from_patch", "0", "--out_dir", str(out)]
+    assert inference.main(argv) == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert rows[0]["start"].startswith("synthetic_")
+
+
+@pytest.mark.parametrize("kind", ["missing_ckpt", "classifier_as_diffusion", "bad_conditions"])
+def test_inference_errors(trained, tmp_path, capsys, kind):
+    diffusion, resnet = str(trained["diffusion"]), str(trained["resnet"])
+    argv = {
+        "missing_ckpt": ["--diffusion_ckpt", str(tmp_path / "none.pt"), "--classifier_ckpts", resnet],
+        "classifier_as_diffusion": ["--diffusion_ckpt", str(trained["resnet"] / "Ensemble_0" / "last.pt"), "--classifier_ckpts", resnet],
+        "bad_conditions": ["--diffusion_ckpt", diffusion, "--classifier_ckpts", resnet, "--conditions", "a:b"],
+    }[kind]
+    assert inference.main(argv + ["--out_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and {"missing_ckpt": "does not exist", "classifier_as_diffusion": "not a diffusion model",
+                                          "bad_conditions": "--conditions"}[kind] in err
+    assert not (tmp_path / "o").exists()
