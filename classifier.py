@@ -35,9 +35,12 @@ class ResNetClassifier(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"--pretrained_weights: file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        except (RuntimeError, AttributeError, OSError) as err:
+            raise ValueError(f"--pretrained_weights {path} is not a {self.arch} state dict: {err}") from None
         if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
             raise ValueError(
                 f"--pretrained_weights {path} does not fit {self.arch}: missing {sorted(missing)[:5]}, "

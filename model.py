@@ -10,6 +10,7 @@ from torch import nn
 
 from checkpoint import CheckpointError, read_checkpoint
 from classifier import ARCHITECTURES, Ensemble, ResNetClassifier
+from config import ConfigError
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.unet import UNet
 
@@ -53,7 +54,10 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     """A freshly initialised network for config['model_type'] (with --pretrained_weights for classifiers)."""
     model = build_from_model_config(config["model_type"], model_config_from(config))
     if config.get("pretrained_weights") and isinstance(model, ResNetClassifier):
-        model.load_pretrained(config["pretrained_weights"])
+        try:
+            model.load_pretrained(config["pretrained_weights"])
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(str(err)) from None
     return model
 
 

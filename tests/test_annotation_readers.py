@@ -340,3 +340,15 @@ def test_meningioma_bad_inputs(tmp_path: Path) -> None:
         read_meningioma(tmp_path / "nowhere")
     with pytest.raises(DataError, match="indeterminate"):
         read_meningioma(txt, indeterminate="maybe")
+
+
+def test_summary_command_prints_json(shared_data, capsys):
+    import json
+
+    import dataloader
+
+    assert dataloader.main(["--summary", str(shared_data / "annotations" / "MIDOG.sqlite")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["per_class"] == {"mitotic figure": 1721, "not mitotic figure": 2714}
+    assert summary["slides"] == 200 and len(summary["per_slide"]) >= 150
+    assert dataloader.main(["--summary", str(shared_data / "missing.sqlite")]) == 2

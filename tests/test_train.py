@@ -117,3 +117,42 @@ def test_two_processes_under_torchrun(synthetic_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(tmp_path / "diffusion_synthetic" / "last.pt", weights_only=True)
     assert state["step"] == 3 and state["world_size"] == 2
+
+
+def test_early_stopping_when_validation_does_not_improve(synthetic_root, tmp_path, capsys):
+    run_dir = train.run(diffusion_args(synthetic_root, tmp_path, max_steps=10, val_every=1, early_stopping=1, learning_rate=1e-30))
+    assert "early stopping at step 2" in capsys.readouterr().out
+    assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, capsys):
+    argv = diffusion_args(synthetic_root, tmp_path, max_steps=6, val_every=0, save_every=1, learning_rate=1e30, grad_clip=0)
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "last good checkpoint" in err
+    run_dir = tmp_path / "diffusion_synthetic"
+    assert not (run_dir / "last.pt").exists()
+    kept = sorted(run_dir.glob("step_*.pt"))
+    assert kept and torch.load(kept[-1], weights_only=True)["step"] < 6
+
+
+def test_bf16_autocast_and_gradient_accumulation_on_cpu(synthetic_root, tmp_path):
+    run_dir = train.run(tiny_config(synthetic_root, tmp_path, model_type="resnet18", tile_size=32, precision="bf16", grad_accum=2, max_steps=2))
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["step"] == 2 and state["sampler_position"] == 4
+
+
+def test_pretrained_weights_are_loaded(synthetic_root, tmp_path):
+    from torchvision.models import resnet18
+
+    from classifier import ResNetClassifier
+
+    reference = resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = ResNetClassifier("resnet18")
+    model.load_pretrained(path)
+    torch.testing.assert_close(model.backbone.conv1.weight, reference.conv1.weight)
+    assert model.backbone.fc.out_features == 1
+    argv = tiny_config(synthetic_root, tmp_path, model_type="resnet34", tile_size=32, pretrained_weights=path)
+    assert train.main(argv) == 2
