@@ -21,7 +21,7 @@ from config import ConfigError
 from data.annotations import DataError
 from figures import labelled_grid, score_plot
 from model import load_checkpoint, load_ensemble
-from train import pick_device
+from runtime import pick_device
 from transitions import SAMPLERS, SamplingOptions, parse_conditions, render_sequences, score_images, spearman
 
 

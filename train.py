@@ -4,7 +4,6 @@ Multi-GPU / multi-process: `torchrun --nproc_per_node N train.py ...` (DDP; NCCL
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,36 +17,12 @@ from checkpoint import CheckpointError, read_checkpoint
 from config import BY_NAME, RESUME_MAY_CHANGE, ConfigError, resolve, run_dir_for
 from data.annotations import DataError
 from dataloader import build_dataloaders
-from diffusion.gaussian_diffusion import GaussianDiffusion
 from model import build_diffusion, build_model, model_config_from
+from runtime import init_distributed, is_main, pick_device
 from tasks import ClassifierTask, DiffusionTask
 from trainer import Trainer, TrainingError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError)
-
-
-def pick_device(name: str) -> torch.device:
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
-def init_distributed(device: torch.device) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-
-
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def resume_config(run_dir: Path, cli: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -106,8 +81,7 @@ def run(argv: Sequence[str] | None = None) -> Path:
     model = build_model(config)
     model_config = model_config_from(config)
     if config["model_type"] == "diffusion":
-        diffusion: GaussianDiffusion = build_diffusion(model_config)
-        task = DiffusionTask(diffusion, config["conditions"])
+        task = DiffusionTask(build_diffusion(model_config), config["conditions"])
     else:
         task = ClassifierTask()
     if is_main():

@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--cfg_scale", type=float, default=1.0)
     p.add_argument("--ddpm_steps", type=int, default=1000)
     p.add_argument("--ddim_steps", type=int, default=50)
+    p.add_argument("--samplers", default="ddpm,ddim", help="which samplers to time (comma-separated)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
 
@@ -47,8 +48,11 @@ def main() -> None:
     conditions = torch.linspace(0, 1, args.num_conditions).tolist()
     result = {"benchmark": "sample_transition", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
               "image_size": size, "num_conditions": args.num_conditions, "sequences_per_batch": args.sequences, "cfg_scale": args.cfg_scale}
+    chosen = set(args.samplers.split(","))
     for name, options in [("ddpm", SamplingOptions("ddpm", args.ddpm_steps, cfg_scale=args.cfg_scale)),
                           ("ddim", SamplingOptions("ddim", args.ddim_steps, cfg_scale=args.cfg_scale))]:
+        if name not in chosen:
+            continue
         if device.type == "cuda":
             torch.cuda.synchronize()
         tic = time.perf_counter()

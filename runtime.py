@@ -1,0 +1,38 @@
+"""Where a run executes: device choice and the torchrun (DDP) process group."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from config import ConfigError
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> this rank's GPU when there is one, else the CPU; 'cuda' -> this rank's GPU."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the process group when started by torchrun (NCCL on GPU, gloo on CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
