@@ -122,7 +122,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dim", int, 64, "UNet base channels", None, "diffusion"),
     Option("dim_mults", int_list, [1, 2, 4], "channel multipliers per resolution level", None, "diffusion"),
     Option("num_res_blocks", int, 2, "residual blocks per level", None, "diffusion"),
-    Option("attn_resolutions", int_list, [16], "feature-map sizes with self-attention", None, "diffusion"),
+    Option("attention_resolutions", int_list, [16], "feature-map sizes with self-attention", None, "diffusion"),
     Option("num_head_channels", int, 32, "channels per attention head", None, "diffusion"),
     Option("dropout", float, 0.0, "dropout in residual blocks", None, "diffusion"),
 )

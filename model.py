@@ -26,7 +26,7 @@ def model_config_from(config: dict[str, Any]) -> dict[str, Any]:
                 "dim": config["dim"],
                 "dim_mults": list(config["dim_mults"]),
                 "num_res_blocks": config["num_res_blocks"],
-                "attn_resolutions": list(config["attn_resolutions"]),
+                "attn_resolutions": list(config["attention_resolutions"]),
                 "num_head_channels": config["num_head_channels"],
                 "dropout": config["dropout"],
                 "conditions": list(config["conditions"]),

@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--dim_mults", type=int_list, default=[1, 2, 4])
     p.add_argument("--num_res_blocks", type=int, default=2)
-    p.add_argument("--attn_resolutions", type=int_list, default=[16])
+    p.add_argument("--attention_resolutions", type=int_list, default=[16])
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -38,7 +38,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = UNet(image_size=args.image_size, dim=args.dim, dim_mults=args.dim_mults, num_res_blocks=args.num_res_blocks,
-                 attn_resolutions=args.attn_resolutions).to(device)
+                 attn_resolutions=args.attention_resolutions).to(device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     net = torch.compile(model) if args.compile else model

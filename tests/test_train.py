@@ -19,7 +19,7 @@ TINY_UNET = {
     "dim": 8,
     "dim_mults": "1,2",
     "num_res_blocks": 1,
-    "attn_resolutions": 8,
+    "attention_resolutions": 8,
     "num_head_channels": 8,
     "timesteps": 50,
     "soft_vs_hard": "soft",
