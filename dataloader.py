@@ -5,20 +5,26 @@ Run as a script, `python dataloader.py --summary FILE` prints a JSON summary of 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from config import LAYOUT_DATASETS, map_settings
 from data.annotations import Annotation, ClassMap, DataError
+from data.condition_maps import MapOptions
 from data.meningioma import read_meningioma
 from data.midog import midog_summary, read_midog_json
+from data.monuseg import LayoutPatches, is_tiled_folder, list_tiles, split_names, tile_monuseg
 from data.sliderunner import read_sliderunner, sliderunner_summary
 from data.synthetic import generate_synthetic_dataset, synthetic_paths
+from data.synthetic_monuseg import generate_synthetic_monuseg
 from data.wsi import (
     PatchOptions,
     StreamSampler,
@@ -54,8 +60,29 @@ LAYOUTS: dict[str, Layout] = {
 class DataBundle:
     train: DataLoader
     val: DataLoader | None
-    train_set: WSITrainPatches
-    val_set: WSIEvalPatches | None
+    train_set: Dataset
+    val_set: Dataset | None
+
+
+class ShuffledStream(Dataset):
+    """Endless, resumable stream over a finite dataset: each pass is a fresh seeded permutation.
+
+    Position i maps to item perm_epoch[i mod n] of pass i // n, and is fetched as index epoch * n + j so
+    the dataset's own per-index randomness (augmentation) differs between passes.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self.dataset)
+        epoch, pos = divmod(index, n)
+        j = int(np.random.default_rng([self.seed, epoch]).permutation(n)[pos])
+        return self.dataset[epoch * n + j]
 
 
 def data_paths(config: dict[str, Any]) -> dict[str, Path | None]:
@@ -96,7 +123,72 @@ def prepare_synthetic(config: dict[str, Any]) -> None:
         generate_synthetic_dataset(root)
 
 
-def build_datasets(config: dict[str, Any]) -> tuple[WSITrainPatches, WSIEvalPatches | None]:
+def layout_tiles(config: dict[str, Any]) -> Path:
+    """The tiled folder of a layout data set: --data_root itself when already tiled, else its tiling (cached)."""
+    root = Path(config["data_root"] or Path("data") / config["dataset"])
+    if is_tiled_folder(root):
+        return root
+    if config["dataset"] == "synthetic_monuseg" and not (root / "Tissue Images").is_dir():
+        print(f"generating the synthetic MoNuSeg-format set into {root}", file=sys.stderr)
+        generate_synthetic_monuseg(root)
+    if not (root / "Tissue Images").is_dir():
+        raise DataError(f"{root}: expected the MoNuSeg layout ('Tissue Images/', 'Annotations/') or a tiled folder (images/, inst_masks/)")
+    size, stride = config["tile_size"], config["stride"] or config["tile_size"]
+    return tile_monuseg(root, root / f"tiles_{size}_{stride}", size=size, stride=stride, min_area=config["min_area"])
+
+
+def cluster_members(path: str | Path, cluster_id: int) -> set[str]:
+    """Tile names of one cluster in a CSV written by cluster.py (columns name, cluster, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--cluster_file {path} does not exist")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"name", "cluster"} <= set(reader.fieldnames):
+            raise DataError(f"--cluster_file {path}: expected columns name,cluster (as written by cluster.py)")
+        members = {row["name"] for row in reader if int(row["cluster"]) == cluster_id}
+    if not members:
+        raise DataError(f"--cluster_file {path}: cluster {cluster_id} has no tiles")
+    return members
+
+
+def layout_split(config: dict[str, Any]) -> tuple[Path, list[str], list[str]]:
+    """Tiled folder and its train / validation tile names (by source image; one cluster with --cluster_file)."""
+    tiles = layout_tiles(config)
+    names = list_tiles(tiles)
+    if config["cluster_file"]:
+        members = cluster_members(config["cluster_file"], config["cluster_id"])
+        unknown = sorted(members - set(names))
+        if unknown:
+            raise DataError(f"--cluster_file {config['cluster_file']}: tiles {unknown[:3]} are not in {tiles}")
+        names = [n for n in names if n in members]
+    train_names, val_names = split_names(names, config["val_fraction"], config["seed"])
+    return tiles, train_names, val_names
+
+
+def build_layout_datasets(config: dict[str, Any]) -> tuple[Dataset, LayoutPatches | None]:
+    tiles, train_names, val_names = layout_split(config)
+    maps = MapOptions(**map_settings(config))
+    train = LayoutPatches(tiles, maps, train_names, augment=config["augment"], seed=config["seed"])
+    val = LayoutPatches(tiles, maps, val_names, augment=False, seed=config["seed"]) if val_names else None
+    return ShuffledStream(train, config["seed"]), val
+
+
+def layout_dataset(config: dict[str, Any], model_config: dict[str, Any], masks_dir: str | Path | None = None) -> LayoutPatches:
+    """Layouts to sample from: a given tiled folder, or the training tiles of the run that made the checkpoint."""
+    maps = MapOptions(**model_config["maps"], shuffle_colour=False)
+    if masks_dir is not None:
+        if not is_tiled_folder(masks_dir):
+            raise DataError(f"--masks {masks_dir}: expected a tiled folder with images/ and inst_masks/")
+        return LayoutPatches(masks_dir, maps, augment=False)
+    tiles, train_names, _ = layout_split(config)
+    return LayoutPatches(tiles, maps, train_names, augment=False)
+
+
+def build_datasets(config: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
+    """Training stream and validation set for the config's data set."""
+    if config["dataset"] in LAYOUT_DATASETS:
+        return build_layout_datasets(config)
     if config["dataset"] == "synthetic":
         prepare_synthetic(config)
     paths = data_paths(config)

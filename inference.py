@@ -1,166 +1,180 @@
-"""Render mitosis transition sequences and score them with the classifier ensemble.
+"""Sampling from a trained checkpoint; what is rendered depends on the checkpoint's model type.
 
-`python inference.py --diffusion_ckpt RUN/best.pt --classifier_ckpts model_weights/resnet/ --conditions 0:1:6`
+diffusion: mitosis transition sequences scored by the classifier ensemble
+    python inference.py --ckpt RUN/last.pt --classifier_ckpts model_weights/resnet/ --conditions 0:1:6
+sdm: H&E tiles from nuclei layouts, written as a segmentation training set
+    python inference.py --ckpt RUN/last.pt --num_samples 64 --s 1.5 2 --timestep_respacing ddim50
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
 from checkpoint import CheckpointError
 from config import ConfigError
 from data.annotations import DataError
-from figures import labelled_grid, score_plot
-from model import load_checkpoint, load_ensemble
+from dataloader import layout_dataset
+from model import LoadedModel, load_checkpoint, load_ensemble
 from runtime import pick_device
-from transitions import SAMPLERS, SamplingOptions, parse_conditions, render_sequences, score_images, spearman
+from synthesis import Respacing, SynthesisJob, synthesise
+from transitions import SAMPLERS, SamplingOptions, load_start_images, parse_conditions, render_sequences, score_images, write_outputs
+
+TRANSITION_FLAGS = ("classifier_ckpts", "conditions", "num_sequences", "cfg_scale", "from_image", "from_patch", "strength")
+SDM_FLAGS = ("num_samples", "s", "shuffle_masks", "match_struct", "masks")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Mitosis transition sequences scored by a classifier ensemble.")
-    p.add_argument("--diffusion_ckpt", required=True, help="checkpoint of a diffusion run (best.pt or last.pt)")
-    p.add_argument("--classifier_ckpts", required=True, nargs="+", help="classifier checkpoints or folders of runs (e.g. model_weights/resnet/)")
-    p.add_argument("--conditions", default="0:1:6", help="condition values: '0,0.5,1' or 'start:stop:count' (default 0:1:6)")
-    p.add_argument("--num_sequences", type=int, default=8, help="number of sequences (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of x_T and of the per-step noise (default 0)")
-    p.add_argument("--cfg_scale", type=float, default=1.0, help="classifier-free guidance scale; 1 = conditional only (default 1)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddpm (ancestral) or ddim (default ddim)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50; ddpm respaces when fewer than T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta; 0 is deterministic (default 0)")
-    p.add_argument("--batch_size", type=int, default=8, help="sequences sampled together in one batch (default 8)")
-    p.add_argument("--from_image", nargs="+", help="start from real image(s) noised to --strength (SDEdit); cycled over sequences")
-    p.add_argument("--from_patch", nargs="+", type=int, help="start from these validation patches of the checkpoint's data set")
-    p.add_argument("--strength", type=float, default=0.6, help="noise level for --from_image/--from_patch in (0, 1] (default 0.6)")
-    p.add_argument("--out_dir", default="outputs/transitions", help="output folder (default outputs/transitions)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:]))
+    common = p.add_argument_group("all checkpoints")
+    common.add_argument("--ckpt", "--diffusion_ckpt", dest="ckpt", nargs="+", required=True, help="checkpoint(s) (best.pt, last.pt, step_N.pt); sdm takes several")
+    common.add_argument("--seed", type=int, default=0, help="seed of the starting noise and of the per-step noise (default 0)")
+    common.add_argument("--sampler", choices=SAMPLERS, help="ddpm (ancestral) or ddim (default ddim)")
+    common.add_argument("--steps", type=int, help="sampling steps (default 50; ddpm respaces when fewer than T)")
+    common.add_argument("--timestep_respacing", help="instead of --sampler/--steps: ddimN, or section counts such as 250 or 10,15,20 (ddpm)")
+    common.add_argument("--eta", type=float, default=0.0, help="DDIM eta; 0 is deterministic (default 0)")
+    common.add_argument("--batch_size", type=int, default=8, help="diffusion: sequences per batch; sdm: tiles per batch (default 8)")
+    common.add_argument("--out_dir", default="outputs/samples", help="output folder (default outputs/samples)")
+    common.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    common.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    trans = p.add_argument_group("diffusion checkpoints: transition sequences")
+    trans.add_argument("--classifier_ckpts", nargs="+", help="classifier checkpoints or folders of runs (e.g. model_weights/resnet/); required")
+    trans.add_argument("--conditions", help="condition values: '0,0.5,1' or 'start:stop:count' (default 0:1:6)")
+    trans.add_argument("--num_sequences", type=int, help="number of sequences (default 8)")
+    trans.add_argument("--cfg_scale", type=float, help="classifier-free guidance scale; 1 = conditional only (default 1)")
+    trans.add_argument("--from_image", nargs="+", help="start from real image(s) noised to --strength (SDEdit); cycled over sequences")
+    trans.add_argument("--from_patch", nargs="+", type=int, help="start from these validation patches of the checkpoint's data set")
+    trans.add_argument("--strength", type=float, help="noise level for --from_image/--from_patch in (0, 1] (default 0.6)")
+    sdm = p.add_argument_group("sdm checkpoints: layout-to-image synthesis")
+    sdm.add_argument("--num_samples", type=int, help="tiles per checkpoint and guidance scale (default 16)")
+    sdm.add_argument("--s", type=float, nargs="+", help="guidance scale(s) on the layout; 1 = conditional only (default 1.5)")
+    sdm.add_argument("--masks", help="tiled layout folder (images/, inst_masks/) to take layouts from (default: the checkpoint's training tiles)")
+    sdm.add_argument("--shuffle_masks", action="store_true", help="use every layout once in a seeded random order before repeating")
+    sdm.add_argument("--match_struct", action="store_true", help="use the layouts in order, so the set mirrors the real one")
     return p
 
 
-def load_start_images(args: argparse.Namespace, config: dict, size: int) -> tuple[torch.Tensor | None, list[str]]:
-    """(N, 3, size, size) real images in [-1, 1] and their names, from files or validation patches."""
-    if args.from_image and args.from_patch:
-        raise ConfigError("--from_image and --from_patch contradict each other: give one")
-    if args.from_image:
-        images = []
-        for name in args.from_image:
-            path = Path(name)
-            if not path.is_file():
-                raise DataError(f"--from_image: file {path} does not exist")
-            try:
-                img = Image.open(path).convert("RGB")
-            except OSError as err:
-                raise DataError(f"--from_image: {path} is not a readable image ({err})") from None
-            side = min(img.size)
-            left, top = (img.width - side) // 2, (img.height - side) // 2
-            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-            array = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-            images.append(array)
-        return torch.stack(images), [Path(n).name for n in args.from_image]
-    if args.from_patch:
-        from dataloader import build_datasets
-
-        _, val_set = build_datasets(config)
-        if val_set is None:
-            raise DataError("--from_patch: the checkpoint's data set has no validation patches")
-        bad = [i for i in args.from_patch if not 0 <= i < len(val_set)]
-        if bad:
-            raise DataError(f"--from_patch: indices {bad} out of range; the validation set has {len(val_set)} patches")
-        samples = [val_set[i] for i in args.from_patch]
-        names = [f"{s['meta']['slide']}@{s['meta']['x']:.0f},{s['meta']['y']:.0f}" for s in samples]
-        return torch.stack([s["image"] for s in samples]), names
-    return None, []
+def given(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    return [n for n in names if getattr(args, n) not in (None, False)]
 
 
-def check_args(args: argparse.Namespace) -> None:
-    for name, ok, expected in [
-        ("num_sequences", args.num_sequences >= 1, "at least 1"),
-        ("batch_size", args.batch_size >= 1, "at least 1"),
-        ("steps", args.steps >= 1, "at least 1"),
-        ("eta", args.eta >= 0, "non-negative"),
-        ("strength", 0 < args.strength <= 1, "in (0, 1]"),
-    ]:
-        if not ok:
-            raise ConfigError(f"--{name} must be {expected}, got {getattr(args, name)}")
+def sampling_choice(args: argparse.Namespace) -> Respacing:
+    """--timestep_respacing, or --sampler/--steps, as one Respacing."""
+    if args.timestep_respacing and (args.sampler or args.steps):
+        raise ConfigError("--timestep_respacing replaces --sampler/--steps: give one or the other")
+    if args.timestep_respacing:
+        try:
+            return Respacing.parse(args.timestep_respacing)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    sampler, steps = args.sampler or "ddim", args.steps if args.steps is not None else 50
+    if steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    return Respacing.parse(f"ddim{steps}") if sampler == "ddim" else Respacing("ddpm", str(steps))
+
+
+def check_common(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.eta < 0:
+        raise ConfigError(f"--eta must be non-negative, got {args.eta}")
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise ConfigError(f"output folder {out} already exists; pass --overwrite to replace it")
 
 
-def write_outputs(folder: Path, images: torch.Tensor, conditions: list[float], probs: torch.Tensor, starts: list[str]) -> float:
-    """Strips, grid, scores.csv and the score plot; returns the Spearman correlation."""
-    s, k = images.shape[:2]
-    members = probs.shape[0]
-    probs = probs.view(members, s, k)
-    mean, std = probs.mean(0), probs.std(0, unbiased=False)
-    (folder / "sequences").mkdir(parents=True)
-    captions_all, rows_all = [], []
-    for i in range(s):
-        row = [images[i, j] for j in range(k)]
-        caps = [f"c={c:.2f}\np={float(mean[i, j]):.2f}" for j, c in enumerate(conditions)]
-        labelled_grid([row], [caps], scale=2).save(folder / "sequences" / f"sequence_{i:03d}.png")
-        rows_all.append(row)
-        captions_all.append(caps)
-    labelled_grid(rows_all, captions_all, scale=1 if images.shape[-1] >= 96 else 2).save(folder / "grid.png")
-    with (folder / "scores.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["sequence", "condition", *[f"member_{m}" for m in range(members)], "mean", "std", "start"])
-        for i in range(s):
-            for j, c in enumerate(conditions):
-                member_scores = [f"{float(probs[m, i, j]):.6f}" for m in range(members)]
-                start = starts[i % len(starts)] if starts else "noise"
-                writer.writerow([i, c, *member_scores, f"{float(mean[i, j]):.6f}", f"{float(std[i, j]):.6f}", start])
-    cond = np.asarray(conditions)
-    rho = spearman(np.tile(cond, s), mean.numpy().reshape(-1))
-    score_plot(cond, mean.numpy(), folder / "score_vs_condition.png", f"{s} sequences, Spearman rho = {rho:.3f}")
-    return rho
-
-
-def run(argv: Sequence[str] | None = None) -> Path:
-    args = build_parser().parse_args(argv)
-    check_args(args)
-    try:
-        conditions = parse_conditions(args.conditions)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    device = pick_device(args.device)
-    loaded = load_checkpoint(args.diffusion_ckpt, device)
-    if loaded.model_type != "diffusion":
-        raise ConfigError(f"--diffusion_ckpt {args.diffusion_ckpt} holds a {loaded.model_type} model, not a diffusion model")
-    ensemble, member_files = load_ensemble(args.classifier_ckpts, device)
-    size = loaded.model_config["unet"]["image_size"]
-    starts, start_names = load_start_images(args, loaded.config, size)
-    if starts is not None:
-        starts = starts[torch.arange(args.num_sequences) % len(starts)]
-    options = SamplingOptions(args.sampler, args.steps, args.eta, args.cfg_scale, args.strength)
-    images = render_sequences(
-        loaded.model, loaded.diffusion, conditions, args.num_sequences, size, args.seed, options, device, args.batch_size, starts
-    )
-    probs = score_images(ensemble, images.flatten(0, 1), device)
-    out = Path(args.out_dir)
+def staged(out: Path, write: Callable[[Path], None]) -> None:
+    """Write into a temporary folder beside out, then move it into place: nothing half-written is left."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        rho = write_outputs(staging, images, conditions, probs, start_names)
+        write(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def run_transitions(args: argparse.Namespace, loaded: LoadedModel, device: torch.device) -> None:
+    wrong = given(args, SDM_FLAGS)
+    if wrong:
+        raise ConfigError(f"--{', --'.join(wrong)}: for sdm checkpoints; {loaded.path} is a diffusion checkpoint")
+    if len(args.ckpt) != 1:
+        raise ConfigError("--ckpt: transition sequences take one diffusion checkpoint")
+    if not args.classifier_ckpts:
+        raise ConfigError("--classifier_ckpts is required to score transition sequences")
+    if args.from_image and args.from_patch:
+        raise ConfigError("--from_image and --from_patch contradict each other: give one")
+    num_sequences = args.num_sequences if args.num_sequences is not None else 8
+    strength = args.strength if args.strength is not None else 0.6
+    if num_sequences < 1 or not 0 < strength <= 1:
+        raise ConfigError(f"--num_sequences must be at least 1 and --strength in (0, 1]; got {num_sequences}, {strength}")
+    respacing = sampling_choice(args)
+    try:
+        conditions = parse_conditions(args.conditions or "0:1:6")
+        size = loaded.model_config["unet"]["image_size"]
+        starts, start_names = load_start_images(args.from_image, args.from_patch, loaded.config, size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    ensemble, member_files = load_ensemble(args.classifier_ckpts, device)
+    if starts is not None:
+        starts = starts[torch.arange(num_sequences) % len(starts)]
+    steps = int(respacing.spec) if respacing.spec.isdigit() else respacing.spec
+    options = SamplingOptions(respacing.sampler, steps, args.eta, args.cfg_scale if args.cfg_scale is not None else 1.0, strength)
+    images = render_sequences(loaded.model, loaded.diffusion, conditions, num_sequences, size, args.seed, options, device, args.batch_size, starts)
+    probs = score_images(ensemble, images.flatten(0, 1), device)
+    out = Path(args.out_dir)
+    result: dict[str, float] = {}
+    staged(out, lambda folder: result.update(rho=write_outputs(folder, images, conditions, probs, start_names)))
     print(f"ensemble of {len(member_files)}: " + ", ".join(str(f) for f in member_files))
-    print(f"Spearman correlation of ensemble score and condition: {rho:.3f}")
+    print(f"Spearman correlation of ensemble score and condition: {result['rho']:.3f}")
     print(f"pictures: {out / 'grid.png'}, {out / 'score_vs_condition.png'}, {out / 'sequences'}/; numbers: {out / 'scores.csv'}")
-    return out
+
+
+def run_synthesis(args: argparse.Namespace, first: LoadedModel, device: torch.device) -> None:
+    wrong = given(args, TRANSITION_FLAGS)
+    if wrong:
+        raise ConfigError(f"--{', --'.join(wrong)}: for diffusion checkpoints; {first.path} is an sdm checkpoint")
+    if args.shuffle_masks and args.match_struct:
+        raise ConfigError("--shuffle_masks and --match_struct contradict each other: give one")
+    num_samples = args.num_samples if args.num_samples is not None else 16
+    if num_samples < 1:
+        raise ConfigError(f"--num_samples must be at least 1, got {num_samples}")
+    respacing = sampling_choice(args)
+    loaded = [first] + [load_checkpoint(p, device) for p in args.ckpt[1:]]
+    for other in loaded[1:]:
+        if other.model_type != "sdm" or other.model_config["maps"] != first.model_config["maps"]:
+            raise ConfigError(f"--ckpt {other.path}: not an sdm checkpoint with the same condition maps as {first.path}")
+    layouts = layout_dataset(first.config, first.model_config, args.masks)
+    jobs = [SynthesisJob(m.model, m.diffusion, m.model_config["diffusion"].get("learn_sigma", False), f"m{i}") for i, m in enumerate(loaded)]
+    order = "shuffle" if args.shuffle_masks else "in_order" if args.match_struct else "random"
+    scales = args.s or [1.5]
+    out = Path(args.out_dir)
+    count: dict[str, int] = {}
+    staged(out, lambda folder: count.update(n=synthesise(jobs, layouts, scales, num_samples, args.batch_size, order, respacing, args.seed, device, folder)))
+    print(f"{count['n']} tiles from {len(loaded)} checkpoint(s) x guidance {scales} into {out}: images/, labels/, inst_masks/, cond/")
+    print(f"pictures: {out / 'grid.png'} (layout | generated | real); list: {out / 'samples.csv'}")
+
+
+def run(argv: Sequence[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    check_common(args)
+    device = pick_device(args.device)
+    first = load_checkpoint(args.ckpt[0], device)
+    if first.model_type == "diffusion":
+        run_transitions(args, first, device)
+    elif first.model_type == "sdm":
+        run_synthesis(args, first, device)
+    else:
+        raise ConfigError(f"--ckpt {args.ckpt[0]} holds a {first.model_type} classifier; sampling needs a diffusion or sdm checkpoint")
+    return Path(args.out_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

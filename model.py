@@ -10,41 +10,71 @@ from torch import nn
 
 from checkpoint import CheckpointError, read_checkpoint
 from classifier import ARCHITECTURES, Ensemble, ResNetClassifier
-from config import ConfigError
+from config import ConfigError, map_settings
+from data.condition_maps import MapOptions, map_channels
 from diffusion.gaussian_diffusion import GaussianDiffusion
+from diffusion.sdm_unet import SDMUNet
 from diffusion.unet import UNet
+
+
+def diffusion_settings(config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schedule": config["schedule"],
+        "timesteps": config["timesteps"],
+        "objective": config["objective"],
+        "loss_type": config["loss_function"],
+        "learn_sigma": bool(config["learn_sigma"]),
+        "vlb_weight": config["vlb_weight"],
+    }
 
 
 def model_config_from(config: dict[str, Any]) -> dict[str, Any]:
     """The plain dict stored in checkpoints that rebuilds the network (and diffusion process) with no flags."""
-    if config["model_type"] == "diffusion":
-        return {
-            "unet": {
-                "image_size": config["tile_size"],
-                "in_channels": 3,
-                "out_channels": 3,
-                "dim": config["dim"],
-                "dim_mults": list(config["dim_mults"]),
-                "num_res_blocks": config["num_res_blocks"],
-                "attn_resolutions": list(config["attention_resolutions"]),
-                "num_head_channels": config["num_head_channels"],
-                "dropout": config["dropout"],
-                "conditions": list(config["conditions"]),
-                "cond_drop_prob": config["cond_drop_prob"],
-            },
-            "diffusion": {
-                "schedule": config["schedule"],
-                "timesteps": config["timesteps"],
-                "objective": config["objective"],
-                "loss_type": config["loss_function"],
-            },
+    model_type = config["model_type"]
+    out_channels = 6 if config.get("learn_sigma") else 3
+    if model_type == "diffusion":
+        unet = {
+            "image_size": config["tile_size"],
+            "in_channels": 3,
+            "out_channels": out_channels,
+            "dim": config["dim"],
+            "dim_mults": list(config["dim_mults"]),
+            "num_res_blocks": config["num_res_blocks"],
+            "attn_resolutions": list(config["attention_resolutions"]),
+            "num_head_channels": config["num_head_channels"],
+            "dropout": config["dropout"],
+            "conditions": list(config["conditions"]),
+            "cond_drop_prob": config["cond_drop_prob"],
         }
-    return {"arch": config["model_type"]}
+        return {"unet": unet, "diffusion": diffusion_settings(config)}
+    if model_type == "sdm":
+        maps = map_settings(config)
+        unet = {
+            "image_size": config["tile_size"],
+            "in_channels": 3,
+            "out_channels": out_channels,
+            "model_channels": config["dim"],
+            "channel_mult": list(config["dim_mults"]),
+            "num_res_blocks": config["num_res_blocks"],
+            "attention_resolutions": list(config["attention_resolutions"]),
+            "num_head_channels": config["num_head_channels"],
+            "dropout": config["dropout"],
+            "semantic_channels": map_channels(MapOptions(**maps)),
+            "spade_hidden": config["spade_hidden"],
+            "resblock_updown": config["resblock_updown"],
+            "use_scale_shift_norm": config["use_scale_shift_norm"],
+            "use_checkpoint": config["use_checkpoint"],
+            "cond_drop_prob": config["cond_drop_prob"],
+        }
+        return {"unet": unet, "diffusion": diffusion_settings(config), "maps": maps}
+    return {"arch": model_type}
 
 
 def build_from_model_config(model_type: str, model_config: dict[str, Any]) -> nn.Module:
     if model_type == "diffusion":
         return UNet(**model_config["unet"])
+    if model_type == "sdm":
+        return SDMUNet(**model_config["unet"])
     if model_type in ARCHITECTURES:
         return ResNetClassifier(model_config["arch"])
     raise ValueError(f"unknown model type {model_type!r}")
@@ -59,6 +89,22 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(str(err)) from None
     return model
+
+
+TRAINING_ONLY = {"cond_drop_prob", "dropout", "use_checkpoint"}
+
+
+def init_from_checkpoint(model: nn.Module, model_type: str, model_config: dict[str, Any], path: str | Path) -> None:
+    """Start from the (EMA, when present) weights of another run of the same architecture (fine-tuning)."""
+    state = read_checkpoint(path)
+    if state["model_type"] != model_type:
+        raise ConfigError(f"--init_from {path} holds a {state['model_type']} model; this run trains {model_type}")
+    mine, theirs = model_config.get("unet", model_config), state["model_config"].get("unet", state["model_config"])
+    differ = sorted(k for k in set(mine) | set(theirs) if k not in TRAINING_ONLY and mine.get(k) != theirs.get(k))
+    if differ or model_config.get("maps") != state["model_config"].get("maps"):
+        shown = differ or ["condition maps"]
+        raise ConfigError(f"--init_from {path}: architecture differs in {', '.join(shown)}; use the options of that run")
+    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
 
 
 def build_diffusion(model_config: dict[str, Any]) -> GaussianDiffusion:

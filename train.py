@@ -17,7 +17,7 @@ from checkpoint import CheckpointError, read_checkpoint
 from config import BY_NAME, RESUME_MAY_CHANGE, ConfigError, resolve, run_dir_for
 from data.annotations import DataError
 from dataloader import build_dataloaders
-from model import build_diffusion, build_model, model_config_from
+from model import build_diffusion, build_model, init_from_checkpoint, model_config_from
 from runtime import init_distributed, is_main, pick_device
 from tasks import ClassifierTask, DiffusionTask
 from trainer import Trainer, TrainingError
@@ -80,8 +80,12 @@ def run(argv: Sequence[str] | None = None) -> Path:
 
     model = build_model(config)
     model_config = model_config_from(config)
+    if config.get("init_from") and state is None:
+        init_from_checkpoint(model, config["model_type"], model_config, config["init_from"])
     if config["model_type"] == "diffusion":
         task = DiffusionTask(build_diffusion(model_config), config["conditions"])
+    elif config["model_type"] == "sdm":
+        task = DiffusionTask(build_diffusion(model_config), ("semantic",))
     else:
         task = ClassifierTask()
     if is_main():

@@ -1,10 +1,14 @@
 """Mitosis transition sequences: one nucleus (shared x_T and per-step noise) rendered at a sweep of conditions."""
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy.stats import spearmanr
 from torch import nn
 from tqdm import tqdm
@@ -13,6 +17,8 @@ from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.guidance import classifier_free_guidance
 from diffusion.respace import respace, space_timesteps
 from diffusion.samplers import ddim_sample, ddpm_sample, sdedit_start
+from dataloader import build_datasets
+from figures import labelled_grid, score_plot
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -38,8 +44,10 @@ def parse_conditions(text: str) -> list[float]:
 
 @dataclass
 class SamplingOptions:
+    """steps: DDIM steps, or for DDPM a timestep count / section counts ('10,15,20') to respace to."""
+
     sampler: str = "ddim"
-    steps: int = 50
+    steps: int | str = 50
     eta: float = 0.0
     cfg_scale: float = 1.0
     strength: float = 1.0
@@ -57,9 +65,10 @@ def sample_batch(
 ) -> torch.Tensor:
     """Sample one batch; with start_images, x_T is the noise added to them (SDEdit at options.strength)."""
     cond = {"score": scores} if "score" in model.config.get("conditions", ()) else {}
-    model_fn = classifier_free_guidance(model, cond, options.cfg_scale)
+    guided = x_T.shape[1] if diffusion.learn_sigma else None
+    model_fn = classifier_free_guidance(model, cond, options.cfg_scale, guided_channels=guided)
     process = diffusion
-    if options.sampler == "ddpm" and options.steps < diffusion.num_timesteps:
+    if options.sampler == "ddpm" and str(options.steps) != str(diffusion.num_timesteps):
         process = respace(diffusion, space_timesteps(diffusion.num_timesteps, options.steps))
     x, t_start = x_T, None
     if start_images is not None:
@@ -67,7 +76,7 @@ def sample_batch(
     if options.sampler == "ddpm":
         return ddpm_sample(process, model_fn, x, generator=generator, noise_index=noise_index, t_start=t_start)
     return ddim_sample(
-        process, model_fn, x, steps=options.steps, eta=options.eta, generator=generator, noise_index=noise_index, t_start=t_start
+        process, model_fn, x, steps=int(options.steps), eta=options.eta, generator=generator, noise_index=noise_index, t_start=t_start
     )
 
 
@@ -123,3 +132,63 @@ def spearman(conditions: np.ndarray, scores: np.ndarray) -> float:
     if np.ptp(conditions) == 0 or np.ptp(scores) == 0:
         return float("nan")
     return float(spearmanr(conditions, scores).statistic)
+
+
+def load_start_images(from_image: Sequence[str] | None, from_patch: Sequence[int] | None, config: dict, size: int) -> tuple[torch.Tensor | None, list[str]]:
+    """(N, 3, size, size) real images in [-1, 1] and their names, from files or validation patches."""
+    if from_image:
+        images = []
+        for name in from_image:
+            path = Path(name)
+            if not path.is_file():
+                raise ValueError(f"--from_image: file {path} does not exist")
+            try:
+                img = Image.open(path).convert("RGB")
+            except OSError as err:
+                raise ValueError(f"--from_image: {path} is not a readable image ({err})") from None
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+            array = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+            images.append(array)
+        return torch.stack(images), [Path(n).name for n in from_image]
+    if from_patch:
+        _, val_set = build_datasets(config)
+        if val_set is None:
+            raise ValueError("--from_patch: the checkpoint's data set has no validation patches")
+        bad = [i for i in from_patch if not 0 <= i < len(val_set)]
+        if bad:
+            raise ValueError(f"--from_patch: indices {bad} out of range; the validation set has {len(val_set)} patches")
+        samples = [val_set[i] for i in from_patch]
+        names = [f"{s['meta']['slide']}@{s['meta']['x']:.0f},{s['meta']['y']:.0f}" for s in samples]
+        return torch.stack([s["image"] for s in samples]), names
+    return None, []
+
+
+def write_outputs(folder: Path, images: torch.Tensor, conditions: list[float], probs: torch.Tensor, starts: list[str]) -> float:
+    """Strips, grid, scores.csv and the score plot; returns the Spearman correlation."""
+    s, k = images.shape[:2]
+    members = probs.shape[0]
+    probs = probs.view(members, s, k)
+    mean, std = probs.mean(0), probs.std(0, unbiased=False)
+    (folder / "sequences").mkdir(parents=True)
+    captions_all, rows_all = [], []
+    for i in range(s):
+        row = [images[i, j] for j in range(k)]
+        caps = [f"c={c:.2f}\np={float(mean[i, j]):.2f}" for j, c in enumerate(conditions)]
+        labelled_grid([row], [caps], scale=2).save(folder / "sequences" / f"sequence_{i:03d}.png")
+        rows_all.append(row)
+        captions_all.append(caps)
+    labelled_grid(rows_all, captions_all, scale=1 if images.shape[-1] >= 96 else 2).save(folder / "grid.png")
+    with (folder / "scores.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sequence", "condition", *[f"member_{m}" for m in range(members)], "mean", "std", "start"])
+        for i in range(s):
+            for j, c in enumerate(conditions):
+                member_scores = [f"{float(probs[m, i, j]):.6f}" for m in range(members)]
+                start = starts[i % len(starts)] if starts else "noise"
+                writer.writerow([i, c, *member_scores, f"{float(mean[i, j]):.6f}", f"{float(std[i, j]):.6f}", start])
+    cond = np.asarray(conditions)
+    rho = spearman(np.tile(cond, s), mean.numpy().reshape(-1))
+    score_plot(cond, mean.numpy(), folder / "score_vs_condition.png", f"{s} sequences, Spearman rho = {rho:.3f}")
+    return rho

@@ -1,6 +1,8 @@
-"""Training throughput (images/s) of the diffusion UNet at the canine recipe (64 px). Prints one JSON line.
+"""Training throughput (images/s) of the diffusion UNets on random data. Prints one JSON line.
 
-python benchmarks/bench_train.py --dim 64 --dim_mults 1,2,4 --batch_size 32 --steps 20
+python benchmarks/bench_train.py --dim 64 --dim_mults 1,2,4 --batch_size 32 --steps 20          (canine, 64 px)
+python benchmarks/bench_train.py --model sdm --image_size 128 --dim 128 --dim_mults 1,1,2,2,4 \
+    --attention_resolutions 32,16,8 --num_head_channels 64 --batch_size 16                       (MoNuSeg SDM, 128 px)
 """
 from __future__ import annotations
 
@@ -16,16 +18,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import int_list  # noqa: E402
 from diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
+from diffusion.sdm_unet import SDMUNet  # noqa: E402
 from diffusion.unet import UNet, count_parameters  # noqa: E402
+
+SEMANTIC_CHANNELS = 5  # one-hot nucleus/background, instance edges, hv maps
+
+
+def build(args: argparse.Namespace) -> torch.nn.Module:
+    if args.model == "sdm":
+        return SDMUNet(image_size=args.image_size, out_channels=6, model_channels=args.dim, channel_mult=args.dim_mults,
+                       num_res_blocks=args.num_res_blocks, attention_resolutions=args.attention_resolutions,
+                       num_head_channels=args.num_head_channels, semantic_channels=SEMANTIC_CHANNELS,
+                       spade_hidden=args.spade_hidden, use_checkpoint=args.use_checkpoint)
+    return UNet(image_size=args.image_size, dim=args.dim, dim_mults=args.dim_mults, num_res_blocks=args.num_res_blocks,
+                attn_resolutions=args.attention_resolutions, num_head_channels=args.num_head_channels)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("diffusion", "sdm"), default="diffusion", help="score UNet or SDM (SPADE, learned sigma)")
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--dim_mults", type=int_list, default=[1, 2, 4])
     p.add_argument("--num_res_blocks", type=int, default=2)
     p.add_argument("--attention_resolutions", type=int_list, default=[16])
+    p.add_argument("--num_head_channels", type=int, default=32)
+    p.add_argument("--spade_hidden", type=int, default=128, help="sdm: hidden channels of the SPADE blocks")
+    p.add_argument("--use_checkpoint", action="store_true", help="sdm: gradient checkpointing")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -37,21 +56,23 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = UNet(image_size=args.image_size, dim=args.dim, dim_mults=args.dim_mults, num_res_blocks=args.num_res_blocks,
-                 attn_resolutions=args.attention_resolutions).to(device)
+    model = build(args).to(device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     net = torch.compile(model) if args.compile else model
-    diffusion = GaussianDiffusion.from_config("cosine", 1000)
+    diffusion = GaussianDiffusion.from_config("cosine", 1000, learn_sigma=args.model == "sdm")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
     x0 = (torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device) * 2 - 1).to(memory_format=fmt)
-    score = torch.rand(args.batch_size, device=device)
+    if args.model == "sdm":
+        cond = {"semantic": torch.rand(args.batch_size, SEMANTIC_CHANNELS, args.image_size, args.image_size, device=device)}
+    else:
+        cond = {"score": torch.rand(args.batch_size, device=device)}
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = diffusion.training_losses(lambda x, t: net(x, t, {"score": score}), x0).mean()
+            loss = diffusion.training_losses(lambda x, t: net(x, t, cond), x0).mean()
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -68,7 +89,7 @@ def main() -> None:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - tic
     print(json.dumps({
-        "benchmark": "train_diffusion",
+        "benchmark": f"train_{args.model}",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
         "image_size": args.image_size, "dim": args.dim, "dim_mults": args.dim_mults, "batch_size": args.batch_size,
         "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,

@@ -32,13 +32,24 @@ def conditional_model_fn(model: ConditionalModel, cond: dict[str, torch.Tensor])
     return model_fn
 
 
-def classifier_free_guidance(model: ConditionalModel, cond: dict[str, torch.Tensor], scale: float) -> ModelFn:
+def classifier_free_guidance(
+    model: ConditionalModel,
+    cond: dict[str, torch.Tensor],
+    scale: float,
+    guided_channels: int | None = None,
+) -> ModelFn:
     """model_fn returning uncond + scale * (cond - uncond), both passes run as one batch of 2B.
 
     scale 1 is the conditional output alone (the unconditional pass is skipped), 0 the unconditional one.
+    With `guided_channels` C (a learned-sigma model's prediction channels) only output channels [:C] are
+    combined; the remaining (variance) channels are the conditional pass's, unchanged.
     """
     if not math.isfinite(scale):
         raise ValueError(f"guidance scale must be a finite number, got {scale!r}")
+    if guided_channels is not None and (
+        isinstance(guided_channels, bool) or not isinstance(guided_channels, int) or guided_channels < 1
+    ):
+        raise ValueError(f"guided_channels must be a positive integer or None, got {guided_channels!r}")
     if scale == 1.0:
         return conditional_model_fn(model, cond)
 
@@ -54,6 +65,16 @@ def classifier_free_guidance(model: ConditionalModel, cond: dict[str, torch.Tens
         )
         out = model(torch.cat([x, x]), torch.cat([t, t]), doubled_cond, drop)
         conditional, unconditional = out[:batch], out[batch:]
-        return unconditional + scale * (conditional - unconditional)
+        if guided_channels is None:
+            return unconditional + scale * (conditional - unconditional)
+        if out.ndim < 2 or out.shape[1] < guided_channels:
+            raise ValueError(
+                f"guided_channels is {guided_channels} but the model output has shape {tuple(out.shape)}; "
+                f"expected at least {guided_channels} channels"
+            )
+        guided = unconditional[:, :guided_channels] + scale * (
+            conditional[:, :guided_channels] - unconditional[:, :guided_channels]
+        )
+        return torch.cat([guided, conditional[:, guided_channels:]], dim=1)
 
     return model_fn

@@ -69,7 +69,11 @@ def _section_steps(num_timesteps: int, counts: list[int], spec: str) -> list[int
 
 
 def respace(diffusion: GaussianDiffusion, use_timesteps: Iterable[int]) -> GaussianDiffusion:
-    """A process over the kept timesteps with the same alpha-bars there; the network still sees original steps."""
+    """A process over the kept timesteps with the same alpha-bars there; the network still sees original steps.
+
+    It keeps the source's objective, loss_type, learn_sigma and vlb_weight; a learned variance then
+    interpolates between the respaced beta and beta-tilde.
+    """
     kept = sorted({int(step) for step in use_timesteps})
     if not kept:
         raise ValueError("use_timesteps is empty; expected at least one timestep to keep")
@@ -84,4 +88,6 @@ def respace(diffusion: GaussianDiffusion, use_timesteps: Iterable[int]) -> Gauss
         objective=diffusion.objective,
         loss_type=diffusion.loss_type,
         timestep_map=diffusion.timestep_map[index],
+        learn_sigma=diffusion.learn_sigma,
+        vlb_weight=diffusion.vlb_weight,
     )

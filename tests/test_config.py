@@ -61,4 +61,4 @@ def test_unknown_flag_is_an_error(capsys):
 @pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_preset_resolves(preset):
     config = resolve(["--config", str(CONFIGS / preset)] + (["--ensemble", "0"] if "resnet" in preset else []))
-    assert config["model_type"] in ("diffusion", "resnet18")
+    assert config["model_type"] in ("diffusion", "sdm", "resnet18")

@@ -1,0 +1,441 @@
+"""MoNuSeg nuclei layouts: ImageScope XML polygons, instance masks, tiling, and the layout-conditioned dataset.
+
+The MoNuSeg layout is `ROOT/Tissue Images/<stem>.tif` (RGB H&E tiles) with `ROOT/Annotations/<stem>.xml`
+(Aperio ImageScope XML, one Region per nucleus polygon). `tile_monuseg` cuts it into a tiled folder
+(`images/`, `bin_masks/`, `inst_masks/`, `tiling.json`); a tiled folder of that layout made elsewhere is read
+directly by `LayoutPatches`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+from skimage.draw import polygon as fill_polygon
+from skimage.segmentation import relabel_sequential
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from data.annotations import DataError
+from data.condition_maps import MapOptions, build_maps
+from data.wsi import dihedral, to_model_range
+
+IMAGES_DIR = "Tissue Images"
+ANNOTATIONS_DIR = "Annotations"
+IMAGE_SUFFIXES = (".tif", ".tiff")
+TILE_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+MASK_SUFFIXES = (".tif", ".tiff", ".png")
+MIN_AREA = 30
+# How far (px) a vertex may lie outside the image before the annotation is taken for another image's.
+COORDINATE_SLACK = 4.0
+TILING_FORMAT = 1
+TILE_NAME = re.compile(r"^(?P<source>.+)_(?P<y>\d+)_(?P<x>\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Annotations -> instance masks
+# ---------------------------------------------------------------------------------------------
+
+
+def read_monuseg_xml(path: str | Path, shape: Sequence[int]) -> list[np.ndarray]:
+    """Nucleus polygons (N_i x 2 float, columns x, y) of an ImageScope XML for an image of `shape` (H, W, ...)."""
+    path = Path(path)
+    height, width = int(shape[0]), int(shape[1])
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError) as error:
+        raise DataError(f"{path}: not readable as ImageScope XML ({error})") from None
+    if root.tag != "Annotations":
+        raise DataError(f"{path}: expected an <Annotations> root element, found <{root.tag}>")
+    polygons = []
+    for index, region in enumerate(root.findall("./Annotation/Regions/Region")):
+        vertices = region.findall("./Vertices/Vertex")
+        if len(vertices) < 3:
+            raise DataError(f"{path}: region {index} has {len(vertices)} vertices, expected at least 3")
+        try:
+            points = np.array([[float(v.attrib["X"]), float(v.attrib["Y"])] for v in vertices], dtype=np.float64)
+        except (KeyError, ValueError) as error:
+            raise DataError(f"{path}: region {index} has a vertex without numeric X and Y ({error})") from None
+        if not np.isfinite(points).all():
+            raise DataError(f"{path}: region {index} has non-finite vertex coordinates")
+        low, high = points.min(0), points.max(0)
+        if (low < -COORDINATE_SLACK).any() or high[0] > width - 1 + COORDINATE_SLACK or (
+            high[1] > height - 1 + COORDINATE_SLACK
+        ):
+            raise DataError(
+                f"{path}: region {index} reaches x {low[0]:.1f}..{high[0]:.1f}, y {low[1]:.1f}..{high[1]:.1f}, "
+                f"outside the {width} x {height} px image (image and annotation do not match)"
+            )
+        polygons.append(points)
+    return polygons
+
+
+def drop_small_instances(inst: np.ndarray, min_area: int) -> np.ndarray:
+    """uint16 copy with instances of fewer than `min_area` pixels removed and ids relabelled 1..N in order."""
+    inst = np.asarray(inst)
+    if inst.size == 0:
+        return inst.astype(np.uint16)
+    counts = np.bincount(inst.ravel().astype(np.int64))
+    small = counts < min_area
+    small[0] = False
+    cleaned = np.where(small[inst], 0, inst).astype(np.int64)
+    relabelled, _, _ = relabel_sequential(cleaned)
+    if relabelled.max() > np.iinfo(np.uint16).max:
+        raise DataError(f"instance mask: {int(relabelled.max())} instances do not fit into uint16 ids")
+    return relabelled.astype(np.uint16)
+
+
+def polygons_to_instance_mask(
+    polygons: Sequence[np.ndarray], shape: Sequence[int], min_area: int = MIN_AREA
+) -> np.ndarray:
+    """uint16 H x W instance mask: larger polygons first so smaller ones on top keep their pixels.
+
+    Instances left with fewer than `min_area` pixels after overlaps are dropped; ids are 1..N in the order
+    of `polygons`.
+    """
+    size = (int(shape[0]), int(shape[1]))
+    fills = []
+    for index, points in enumerate(polygons):
+        points = np.asarray(points, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 2 or len(points) < 3:
+            raise DataError(f"polygon {index}: expected an N x 2 array of x, y with N >= 3, got {points.shape}")
+        fills.append(fill_polygon(points[:, 1], points[:, 0], size))
+    order = sorted(range(len(fills)), key=lambda i: -len(fills[i][0]))
+    inst = np.zeros(size, dtype=np.int64)
+    for index in order:
+        rows, cols = fills[index]
+        inst[rows, cols] = index + 1
+    return drop_small_instances(inst, min_area)
+
+
+def binary_mask(inst: np.ndarray) -> np.ndarray:
+    """uint8 {0, 1}: nucleus pixels of an instance mask."""
+    return (np.asarray(inst) > 0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading images and masks
+# ---------------------------------------------------------------------------------------------
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """uint8 H x W x 3 of a TIFF or PNG (an alpha channel is dropped); DataError when it is not RGB(A)."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            image = tifffile.imread(path)
+        else:
+            with Image.open(path) as handle:
+                image = np.asarray(handle)
+    except (OSError, ValueError, tifffile.TiffFileError) as error:
+        raise DataError(f"{path}: cannot read the image ({error})") from None
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+        raise DataError(f"{path}: expected an 8-bit RGB image, got {image.dtype} with shape {image.shape}")
+    return np.ascontiguousarray(image[..., :3])
+
+
+def read_instance_mask(path: Path) -> np.ndarray:
+    """int64 H x W instance ids of a TIFF or PNG label image."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            mask = tifffile.imread(path)
+        else:
+            with Image.open(path) as handle:
+                mask = np.asarray(handle)
+    except (OSError, ValueError, tifffile.TiffFileError) as error:
+        raise DataError(f"{path}: cannot read the instance mask ({error})") from None
+    if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
+        raise DataError(f"{path}: expected a 2-D integer instance mask, got {mask.dtype} with shape {mask.shape}")
+    if mask.min(initial=0) < 0:
+        raise DataError(f"{path}: instance ids must be >= 0")
+    return mask.astype(np.int64)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of a TIFF or PNG from its header."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as handle:
+                return tuple(handle.pages[0].shape[:2])
+        with Image.open(path) as handle:
+            return handle.size[1], handle.size[0]
+    except (OSError, ValueError, tifffile.TiffFileError) as error:
+        raise DataError(f"{path}: cannot read the image header ({error})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiling
+# ---------------------------------------------------------------------------------------------
+
+
+def is_tiled_folder(path: str | Path) -> bool:
+    """True if `path` holds a tiled layout (images/ and inst_masks/)."""
+    path = Path(path)
+    return (path / "images").is_dir() and (path / "inst_masks").is_dir()
+
+
+def monuseg_pairs(root: Path) -> list[tuple[Path, Path]]:
+    """(image, XML) pairs of a MoNuSeg folder, sorted by stem; DataError when the layout is not there."""
+    images_dir, annotations_dir = root / IMAGES_DIR, root / ANNOTATIONS_DIR
+    if not images_dir.is_dir() or not annotations_dir.is_dir():
+        raise DataError(
+            f"{root}: expected the MoNuSeg layout '{IMAGES_DIR}/*.tif' + '{ANNOTATIONS_DIR}/*.xml' "
+            "(or a tiled folder with images/ and inst_masks/)"
+        )
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{images_dir}: no .tif images found")
+    pairs = []
+    for image in images:
+        xml = annotations_dir / f"{image.stem}.xml"
+        if not xml.is_file():
+            raise DataError(f"{image}: its annotation {xml} is missing")
+        pairs.append((image, xml))
+    return pairs
+
+
+def tile_origins(length: int, size: int, stride: int) -> list[int]:
+    """Start offsets of tiles of `size` every `stride` px that fit inside `length` px."""
+    return list(range(0, length - size + 1, stride))
+
+
+def tiling_record(root: Path, size: int, stride: int, min_area: int) -> dict:
+    """The parameters a tiled folder was made with."""
+    return {
+        "format": TILING_FORMAT,
+        "source": str(root.resolve()),
+        "size": size,
+        "stride": stride,
+        "min_area": min_area,
+    }
+
+
+def write_tiles(
+    pairs: list[tuple[Path, Path]], folder: Path, size: int, stride: int, min_area: int, progress: bool
+) -> int:
+    """Cut every image and its rasterised annotation into tiles under `folder`; returns the tile count."""
+    for sub in ("images", "bin_masks", "inst_masks"):
+        (folder / sub).mkdir(parents=True)
+    count = 0
+    for image_path, xml_path in tqdm(pairs, desc="tiling MoNuSeg", disable=not progress):
+        image = read_rgb(image_path)
+        height, width = image.shape[:2]
+        if height < size or width < size:
+            raise DataError(f"{image_path}: {width} x {height} px is smaller than the tile size {size}")
+        inst = polygons_to_instance_mask(read_monuseg_xml(xml_path, image.shape), image.shape, min_area)
+        for y in tile_origins(height, size, stride):
+            for x in tile_origins(width, size, stride):
+                name = f"{image_path.stem}_{y}_{x}"
+                tile_inst = drop_small_instances(inst[y : y + size, x : x + size], min_area)
+                Image.fromarray(image[y : y + size, x : x + size]).save(folder / "images" / f"{name}.png")
+                Image.fromarray(binary_mask(tile_inst) * 255).save(folder / "bin_masks" / f"{name}.png")
+                tifffile.imwrite(folder / "inst_masks" / f"{name}.tif", tile_inst, compression="zlib")
+                count += 1
+    return count
+
+
+def matching_tiles(out_dir: Path, record: dict) -> bool:
+    """True if `out_dir` holds tiles made with `record`; DataError if it holds anything else."""
+    if not out_dir.exists():
+        return False
+    saved = out_dir / "tiling.json"
+    if not saved.is_file():
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            return False
+        raise DataError(f"{out_dir}: exists and holds no MoNuSeg tiles (no tiling.json); choose another folder")
+    try:
+        found = json.loads(saved.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{saved}: unreadable tiling record ({error}); remove the folder {out_dir}") from None
+    found.pop("tiles", None)
+    if found != record:
+        changed = sorted(k for k in record if found.get(k) != record[k])
+        raise DataError(
+            f"{out_dir}: holds tiles made with other parameters (differing: {', '.join(changed)}); "
+            "remove the folder or choose another output folder"
+        )
+    return True
+
+
+def tile_monuseg(
+    root: str | Path,
+    out_dir: str | Path,
+    size: int = 256,
+    stride: int = 256,
+    min_area: int = MIN_AREA,
+    progress: bool = True,
+) -> Path:
+    """Tile a MoNuSeg folder into `out_dir` (images/, bin_masks/, inst_masks/, tiling.json), atomically.
+
+    Tiles are `{stem}_{y}_{x}` at every `stride` px where a whole `size` tile fits; instance ids are
+    relabelled per tile and instances of fewer than `min_area` pixels dropped. A folder made with the same
+    parameters is reused as it is.
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    if size < 1 or stride < 1:
+        raise DataError(f"tile size and stride: expected positive numbers of pixels, got {size} and {stride}")
+    if min_area < 0:
+        raise DataError(f"min_area: expected >= 0 pixels, got {min_area}")
+    record = tiling_record(root, size, stride, min_area)
+    if matching_tiles(out_dir, record):
+        return out_dir
+    pairs = monuseg_pairs(root)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        folder = staging / "tiles"
+        count = write_tiles(pairs, folder, size, stride, min_area, progress)
+        (folder / "tiling.json").write_text(json.dumps({**record, "tiles": count}, indent=2, sort_keys=True) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(folder, out_dir)
+    except OSError:
+        if not matching_tiles(out_dir, record):
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiled folders -> samples
+# ---------------------------------------------------------------------------------------------
+
+
+def files_by_stem(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    """Files of `folder` with one of `suffixes`, keyed by stem; DataError when a stem appears twice."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in suffixes or path.name.startswith("."):
+            continue
+        if path.stem in found:
+            raise DataError(f"{folder}: two files for '{path.stem}' ({found[path.stem].name}, {path.name})")
+        found[path.stem] = path
+    return found
+
+
+def tile_files(tiled_dir: str | Path) -> dict[str, tuple[Path, Path]]:
+    """(image, instance mask) of every tile of a tiled folder, keyed by stem in sorted order."""
+    tiled_dir = Path(tiled_dir)
+    if not is_tiled_folder(tiled_dir):
+        raise DataError(f"{tiled_dir}: expected a tiled folder with images/ and inst_masks/")
+    images = files_by_stem(tiled_dir / "images", TILE_IMAGE_SUFFIXES)
+    masks = files_by_stem(tiled_dir / "inst_masks", MASK_SUFFIXES)
+    for stem in sorted(set(images) ^ set(masks)):
+        which = images.get(stem) or masks[stem]
+        other = "instance mask in inst_masks/" if stem in images else "image in images/"
+        raise DataError(f"{which}: has no matching {other}")
+    if not images:
+        raise DataError(f"{tiled_dir}: no tiles in images/")
+    return {stem: (images[stem], masks[stem]) for stem in sorted(images)}
+
+
+def list_tiles(tiled_dir: str | Path) -> list[str]:
+    """Stems of the tiles of a tiled folder, sorted."""
+    return list(tile_files(tiled_dir))
+
+
+def source_of(name: str) -> str:
+    """The source image of a tile named `{stem}_{y}_{x}` (the name itself for other names)."""
+    match = TILE_NAME.match(name)
+    return match.group("source") if match else name
+
+
+def split_names(names: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split of tile stems; tiles of one source image stay together.
+
+    round(val_fraction * sources) source images go to validation (at least one when `val_fraction` > 0
+    and there are two sources or more, never all of them); both lists keep the order of `names`.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"--val_fraction: expected a share in [0, 1), got {val_fraction}")
+    sources = sorted({source_of(n) for n in names})
+    count = int(round(val_fraction * len(sources)))
+    if val_fraction > 0 and len(sources) >= 2:
+        count = min(max(count, 1), len(sources) - 1)
+    else:
+        count = 0
+    order = np.random.default_rng(seed).permutation(len(sources))
+    val_sources = {sources[i] for i in order[:count]}
+    train = [n for n in names if source_of(n) not in val_sources]
+    val = [n for n in names if source_of(n) in val_sources]
+    return train, val
+
+
+class LayoutPatches(Dataset):
+    """Tiles of a tiled folder with their condition maps: `image`, `semantic`, `inst_mask`, `meta`.
+
+    Sample i is a pure function of (seed, i): with `augment`, one of the 8 rotations/flips is applied to
+    image and instance mask before the maps are built, and the colour map is shuffled when the map options
+    ask for it. Indices past the end wrap around the tiles (for endless samplers), with fresh augmentations.
+    """
+
+    def __init__(
+        self,
+        tiled_dir: str | Path,
+        maps: MapOptions,
+        names: Sequence[str] | None = None,
+        augment: bool = True,
+        seed: int = 0,
+    ):
+        self.tiled_dir = Path(tiled_dir)
+        files = tile_files(self.tiled_dir)
+        if names is None:
+            self.names = list(files)
+        else:
+            self.names = list(names)
+            unknown = [n for n in self.names if n not in files]
+            if unknown:
+                raise DataError(f"{self.tiled_dir}: no tiles named {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+            if len(set(self.names)) != len(self.names):
+                raise DataError(f"{self.tiled_dir}: tile names given more than once")
+            if not self.names:
+                raise DataError(f"{self.tiled_dir}: the selection of tiles is empty")
+        self.files = {n: files[n] for n in self.names}
+        for name, (image_path, mask_path) in self.files.items():
+            if image_size(image_path) != image_size(mask_path):
+                raise DataError(
+                    f"{image_path}: size {image_size(image_path)} differs from its instance mask "
+                    f"{mask_path} of size {image_size(mask_path)}"
+                )
+        self.maps = maps
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 H x W x 3 image and int64 H x W instance mask of tile `name`, unaugmented."""
+        image_path, mask_path = self.files[name]
+        image, inst = read_rgb(image_path), read_instance_mask(mask_path)
+        if image.shape[:2] != inst.shape:
+            raise DataError(f"{image_path}: size {image.shape[:2]} differs from its instance mask {mask_path}")
+        return image, inst
+
+    def __getitem__(self, index: int) -> dict:
+        name = self.names[index % len(self.names)]
+        image, inst = self.load(name)
+        rng = np.random.default_rng([self.seed, index])
+        options = self.maps
+        if self.augment:
+            k = int(rng.integers(8))
+            image, inst = dihedral(image, k), dihedral(inst, k)
+        else:
+            options = replace(self.maps, shuffle_colour=False)
+        semantic = build_maps(inst, image, options, rng)
+        return {
+            "image": torch.from_numpy(to_model_range(np.ascontiguousarray(image))),
+            "semantic": torch.from_numpy(semantic),
+            "inst_mask": torch.from_numpy(np.ascontiguousarray(inst, dtype=np.int64)),
+            "meta": {"name": name},
+        }

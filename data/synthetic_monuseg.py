@@ -1,0 +1,357 @@
+"""Embedded demo data in the MoNuSeg layout: H&E tiles with nuclei and their ImageScope XML polygons.
+
+Images are painted like the synthetic slides (stain concentration maps turned into RGB with the
+Beer-Lambert law) with 30-80 nuclei per 256 x 256 px, some of them touching. Every nucleus is annotated
+with a polygon traced around its own mask, so reading the XML back reproduces the drawn nuclei.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage
+from skimage.measure import find_contours
+from tqdm import tqdm
+
+from data.annotations import DataError
+from data.monuseg import ANNOTATIONS_DIR, IMAGES_DIR, MIN_AREA
+from data.synthetic import Canvas, local_grid, rotate, smooth_noise, soft_inside, stain_to_rgb, stroma
+
+FORMAT_VERSION = 1
+REFERENCE_AREA = 256 * 256
+MIN_SIZE = 64
+MIN_VISIBLE_AREA = MIN_AREA
+TOUCHING_SHARE = 0.3
+PLACEMENT_TRIES = 40
+CLEARANCE = 2
+MIN_VERTICES = 16
+MAX_VERTICES = 40
+
+
+@dataclass(frozen=True)
+class SyntheticMonusegConfig:
+    """Parameters of a synthetic MoNuSeg-format set; nuclei counts are per 256 x 256 px of image."""
+
+    num_images: int = 6
+    size: int = 256
+    seed: int = 0
+    min_nuclei: int = 30
+    max_nuclei: int = 80
+    mpp: float = 0.25
+
+    def validate(self) -> None:
+        """Raise DataError naming the first parameter that is out of range."""
+        if self.num_images < 1:
+            raise DataError(f"num_images: expected at least 1, got {self.num_images}")
+        if self.size < MIN_SIZE:
+            raise DataError(f"size: expected at least {MIN_SIZE} px, got {self.size}")
+        if not 1 <= self.min_nuclei <= self.max_nuclei:
+            raise DataError(
+                f"min_nuclei / max_nuclei: expected 1 <= min <= max, got {self.min_nuclei} / {self.max_nuclei}"
+            )
+        if self.max_nuclei > 150:
+            raise DataError(f"max_nuclei: expected at most 150 per 256 x 256 px, got {self.max_nuclei}")
+        if self.mpp <= 0:
+            raise DataError(f"mpp: expected a positive number of microns per pixel, got {self.mpp}")
+
+
+@dataclass(frozen=True)
+class Nucleus:
+    """A painted nucleus: its stamp (coverage, haematoxylin, eosin) and its hard mask, on a local grid."""
+
+    alpha: np.ndarray
+    h: np.ndarray
+    e: float
+    mask: np.ndarray
+
+
+def draw_large_nucleus(rng: np.random.Generator) -> Nucleus:
+    """A MoNuSeg-sized nucleus (10-22 px across): an ellipse with speckled chromatin, a rim, a nucleolus."""
+    a = rng.uniform(5.0, 11.0)
+    b = a * rng.uniform(0.55, 1.0)
+    radius = int(np.ceil(a)) + 3
+    yy, xx = local_grid(radius, tuple(rng.uniform(-0.5, 0.5, 2)))
+    along, across = rotate(yy, xx, rng.uniform(0, np.pi))
+    r = np.sqrt((along / a) ** 2 + (across / b) ** 2)
+    alpha = soft_inside((r - 1.0) * b, 0.6)
+    speckle = np.clip(smooth_noise(rng, yy.shape, 1.2), -2.0, 2.0)
+    rim = 0.3 * np.exp(-(((r - 0.9) / 0.12) ** 2))
+    h = rng.uniform(0.9, 1.6) * (0.8 + 0.15 * speckle + rim)
+    if rng.random() < 0.5:
+        oy, ox = rng.uniform(-0.4, 0.4, 2) * b
+        h = h + 0.8 * np.exp(-((yy - oy) ** 2 + (xx - ox) ** 2) / 2.0)
+    return Nucleus(alpha=alpha, h=h.astype(np.float32), e=0.12, mask=alpha > 0.5)
+
+
+def stamp_window(
+    cy: int, cx: int, radius: int, shape: tuple[int, int]
+) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """(image region, stamp region) slices of a (2r+1)^2 stamp centred on (cy, cx), clipped to `shape`
+    (both empty when the stamp lies outside)."""
+    top, left = cy - radius, cx - radius
+    y0, x0 = max(top, 0), max(left, 0)
+    y1 = max(min(top + 2 * radius + 1, shape[0]), y0)
+    x1 = max(min(left + 2 * radius + 1, shape[1]), x0)
+    return (slice(y0, y1), slice(x0, x1)), (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+
+
+def place(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    tissue: np.ndarray,
+    nucleus: Nucleus,
+    centres: list[tuple[int, int]],
+    touching: bool,
+) -> tuple[int, int] | None:
+    """A centre where the nucleus' mask overlaps no other: sharing a boundary with an earlier nucleus when
+    `touching`, on tissue and at least CLEARANCE px from all others otherwise; None when none is found."""
+    radius = nucleus.mask.shape[0] // 2
+    taken = labels > 0
+    near = None if touching else ndimage.binary_dilation(taken, iterations=CLEARANCE)
+    for _ in range(PLACEMENT_TRIES):
+        if touching:
+            spot = slide_to_contact(rng, taken, nucleus.mask, centres[int(rng.integers(len(centres)))])
+            if spot is None:
+                continue
+        else:
+            spot = (int(rng.integers(0, labels.shape[0])), int(rng.integers(0, labels.shape[1])))
+            if not tissue[spot]:
+                continue
+        region, crop = stamp_window(spot[0], spot[1], radius, labels.shape)
+        mask = nucleus.mask[crop]
+        if mask.sum() < MIN_VISIBLE_AREA or (near is not None and (mask & near[region]).any()):
+            continue
+        return spot
+    return None
+
+
+def slide_to_contact(
+    rng: np.random.Generator, taken: np.ndarray, mask: np.ndarray, anchor: tuple[int, int]
+) -> tuple[int, int] | None:
+    """Move a mask from afar towards `anchor` in a random direction until it first touches a taken pixel
+    (4-neighbours); None when it would overlap one before touching."""
+    radius = mask.shape[0] // 2
+    angle = rng.uniform(0, 2 * np.pi)
+    for distance in np.arange(2 * radius + 2, 0, -0.5):
+        cy = int(round(anchor[0] + distance * np.sin(angle)))
+        cx = int(round(anchor[1] + distance * np.cos(angle)))
+        region, crop = stamp_window(cy, cx, radius, taken.shape)
+        part = mask[crop]
+        if (part & taken[region]).any():
+            return None
+        grown = ndimage.binary_dilation(np.pad(part, 1))[1:-1, 1:-1]
+        if (grown & taken[region]).any():
+            return cy, cx
+    return None
+
+
+def render_monuseg_image(
+    rng: np.random.Generator, size: int, min_nuclei: int = 30, max_nuclei: int = 80
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint one H&E tile (uint8 size x size x 3) and return it with the drawn nuclei (int64 label map).
+
+    The tile gets between min_nuclei and max_nuclei nuclei per 256 x 256 px (fewer only when no room is
+    left); about TOUCHING_SHARE of them are placed against an earlier one.
+    """
+    scale = size * size / REFERENCE_AREA
+    wanted = int(round(rng.integers(min_nuclei, max_nuclei + 1) * scale))
+    hematoxylin, eosin, gaps = stroma(rng, size, size)
+    canvas = Canvas(hematoxylin, eosin)
+    tissue = gaps < 0.3
+    labels = np.zeros((size, size), dtype=np.int64)
+    centres: list[tuple[int, int]] = []
+    for _ in range(3 * wanted):
+        if len(centres) == wanted:
+            break
+        nucleus = draw_large_nucleus(rng)
+        touching = bool(centres) and rng.random() < TOUCHING_SHARE
+        spot = place(rng, labels, tissue, nucleus, centres, touching)
+        if spot is None:
+            continue
+        radius = nucleus.mask.shape[0] // 2
+        region, crop = stamp_window(spot[0], spot[1], radius, labels.shape)
+        labels[region][nucleus.mask[crop]] = len(centres) + 1
+        centres.append(spot)
+        canvas.paint(spot[0], spot[1], nucleus.alpha, nucleus.h, nucleus.e)
+    return stain_to_rgb(rng, canvas), labels
+
+
+def nucleus_polygon(mask: np.ndarray) -> np.ndarray:
+    """Polygon (N x 2, x and y) around a nucleus' mask: its outer contour at MIN..MAX_VERTICES points."""
+    contours = find_contours(np.pad(mask.astype(np.float32), 1), 0.5)
+    contour = max(contours, key=len)[:-1] - 1.0
+    count = min(len(contour), int(np.clip(len(contour) // 2, MIN_VERTICES, MAX_VERTICES)))
+    picked = contour[np.linspace(0, len(contour), count, endpoint=False).astype(np.int64)]
+    return picked[:, ::-1].copy()
+
+
+def nuclei_polygons(labels: np.ndarray) -> list[np.ndarray]:
+    """One polygon per nucleus of a label map, in id order."""
+    objects = ndimage.find_objects(labels)
+    polygons = []
+    for index, window in enumerate(objects, 1):
+        if window is None:
+            continue
+        y0, x0 = window[0].start, window[1].start
+        polygons.append(nucleus_polygon(labels[window] == index) + np.array([x0, y0], dtype=np.float64))
+    return polygons
+
+
+def imagescope_xml(polygons: list[np.ndarray], mpp: float) -> ElementTree.ElementTree:
+    """An Aperio ImageScope annotation document with one Region per polygon."""
+    root = ElementTree.Element("Annotations", MicronsPerPixel=f"{mpp:.6f}")
+    annotation = ElementTree.SubElement(
+        root, "Annotation", Id="1", Name="", ReadOnly="0", NameReadOnly="0", LineColorReadOnly="0",
+        Incremental="0", Type="4", LineColor="65280", Visible="1", Selected="1", MarkupImagePath="",
+        MacroName="",
+    )
+    attributes = ElementTree.SubElement(annotation, "Attributes")
+    ElementTree.SubElement(attributes, "Attribute", Name="Description", Id="0", Value="")
+    regions = ElementTree.SubElement(annotation, "Regions")
+    headers = ElementTree.SubElement(regions, "RegionAttributeHeaders")
+    ElementTree.SubElement(headers, "AttributeHeader", Id="9999", Name="Region", ColumnWidth="-1")
+    for index, points in enumerate(polygons, 1):
+        x, y = points[:, 0], points[:, 1]
+        area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+        length = float(np.sqrt((np.diff(points, axis=0, append=points[:1]) ** 2).sum(1)).sum())
+        region = ElementTree.SubElement(
+            regions, "Region", Id=str(index), Type="0", Zoom="1", Selected="0", ImageLocation="",
+            ImageFocus="-1", Length=f"{length:.1f}", Area=f"{area:.1f}", LengthMicrons=f"{length * mpp:.1f}",
+            AreaMicrons=f"{area * mpp * mpp:.1f}", Text="", NegativeROA="0", InputRegionId="0", Analyze="1",
+            DisplayId=str(index),
+        )
+        ElementTree.SubElement(region, "Attributes")
+        vertices = ElementTree.SubElement(region, "Vertices")
+        for vx, vy in points:
+            ElementTree.SubElement(vertices, "Vertex", X=f"{vx:.2f}", Y=f"{vy:.2f}", Z="0")
+    ElementTree.SubElement(annotation, "Plots")
+    ElementTree.indent(root)
+    return ElementTree.ElementTree(root)
+
+
+def image_stem(index: int) -> str:
+    """File stem of the image with this index."""
+    return f"synthetic_{index:03d}"
+
+
+def build_set(folder: Path, config: SyntheticMonusegConfig, progress: bool) -> None:
+    """Write every image and annotation into a new `folder`, the parameter record last."""
+    (folder / IMAGES_DIR).mkdir(parents=True)
+    (folder / ANNOTATIONS_DIR).mkdir()
+    for index in tqdm(range(config.num_images), desc="synthetic MoNuSeg", disable=not progress):
+        rng = np.random.default_rng([config.seed, index])
+        image, labels = render_monuseg_image(rng, config.size, config.min_nuclei, config.max_nuclei)
+        stem = image_stem(index)
+        tifffile.imwrite(folder / IMAGES_DIR / f"{stem}.tif", image, photometric="rgb", metadata=None)
+        imagescope_xml(nuclei_polygons(labels), config.mpp).write(
+            folder / ANNOTATIONS_DIR / f"{stem}.xml", encoding="utf-8", xml_declaration=True
+        )
+    (folder / "README.txt").write_text(
+        f"Synthetic H&E tiles in the MoNuSeg layout for PathoDiff: {config.num_images} RGB TIFFs of "
+        f"{config.size} x {config.size} px in '{IMAGES_DIR}/' with {config.min_nuclei}-{config.max_nuclei} nuclei "
+        f"per 256 x 256 px, annotated as ImageScope XML polygons in '{ANNOTATIONS_DIR}/', painted from seed "
+        f"{config.seed}. The images are artificial and carry no patient data.\n"
+    )
+    record = {"format": FORMAT_VERSION, **asdict(config)}
+    (folder / "synthetic_monuseg.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def matching_set(root: Path, config: SyntheticMonusegConfig) -> bool:
+    """True if `root` holds a complete set made with `config`; DataError if it holds anything else."""
+    if not root.exists():
+        return False
+    if not root.is_dir():
+        raise DataError(f"{root}: expected a folder for the synthetic MoNuSeg set, found a file")
+    record = root / "synthetic_monuseg.json"
+    if not record.is_file():
+        if any(root.iterdir()):
+            raise DataError(
+                f"{root}: folder is not empty and holds no synthetic MoNuSeg set (no synthetic_monuseg.json)"
+            )
+        return False
+    try:
+        params = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{record}: unreadable parameter record ({error}); remove the folder {root}") from None
+    wanted = {"format": FORMAT_VERSION, **asdict(config)}
+    if params != wanted:
+        changed = sorted(k for k in wanted if params.get(k) != wanted[k])
+        raise DataError(
+            f"{root}: holds a synthetic MoNuSeg set made with other parameters (differing: {', '.join(changed)}); "
+            "remove the folder or choose another --root"
+        )
+    stems = [image_stem(i) for i in range(config.num_images)]
+    complete = all(
+        (root / IMAGES_DIR / f"{s}.tif").is_file() and (root / ANNOTATIONS_DIR / f"{s}.xml").is_file() for s in stems
+    )
+    if not complete:
+        raise DataError(
+            f"{root}: synthetic MoNuSeg set is incomplete (files missing); remove the folder and regenerate"
+        )
+    return True
+
+
+def generate_synthetic_monuseg(
+    root: str | Path, config: SyntheticMonusegConfig = SyntheticMonusegConfig(), progress: bool = True
+) -> Path:
+    """Generate the set into `root` atomically; do nothing if it is already there with `config`."""
+    config.validate()
+    root = Path(root)
+    if matching_set(root, config):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        build_set(staging / "set", config, progress)
+        if root.exists():
+            root.rmdir()
+        os.replace(staging / "set", root)
+    except OSError:
+        if not matching_set(root, config):
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: generate a set into --root; exit status 2 with one message on bad input."""
+    defaults = SyntheticMonusegConfig()
+    parser = argparse.ArgumentParser(description="Generate synthetic H&E tiles in the MoNuSeg layout.")
+    parser.add_argument("--root", required=True, help="folder to write (created; left alone if already complete)")
+    parser.add_argument("--num_images", type=int, default=defaults.num_images)
+    parser.add_argument("--size", type=int, default=defaults.size, help="image width and height in px")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--min_nuclei", type=int, default=defaults.min_nuclei, help="per 256 x 256 px")
+    parser.add_argument("--max_nuclei", type=int, default=defaults.max_nuclei, help="per 256 x 256 px")
+    parser.add_argument("--mpp", type=float, default=defaults.mpp, help="microns per pixel written to the XML")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    config = SyntheticMonusegConfig(
+        num_images=args.num_images,
+        size=args.size,
+        seed=args.seed,
+        min_nuclei=args.min_nuclei,
+        max_nuclei=args.max_nuclei,
+        mpp=args.mpp,
+    )
+    try:
+        root = generate_synthetic_monuseg(args.root, config, progress=not args.quiet)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
