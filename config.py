@@ -10,10 +10,12 @@ import yaml
 
 WSI_DATASETS = ("canine", "meningioma", "midog", "synthetic")
 LAYOUT_DATASETS = ("monuseg", "synthetic_monuseg")
-DATASETS = WSI_DATASETS + LAYOUT_DATASETS
+TILE_DATASETS = ("npy", "synthetic_tiles")
+DATASETS = WSI_DATASETS + LAYOUT_DATASETS + TILE_DATASETS
 CLASSIFIERS = ("resnet18", "resnet34", "resnet50")
-DIFFUSION_TYPES = ("diffusion", "sdm")
-MODEL_TYPES = DIFFUSION_TYPES + CLASSIFIERS
+AUTOENCODERS = ("vqvae", "autoencoder_kl")
+DIFFUSION_TYPES = ("diffusion", "sdm", "ldm")
+MODEL_TYPES = DIFFUSION_TYPES + AUTOENCODERS + CLASSIFIERS
 DIFFUSION_LOSSES = ("l1", "l2", "huber")
 ALL = frozenset(MODEL_TYPES)
 # Which model types take the options of each group.
@@ -22,12 +24,25 @@ GROUP_MODELS: dict[str, frozenset[str]] = {
     "patches": ALL,
     "wsi data": frozenset(("diffusion",) + CLASSIFIERS),
     "layout data": frozenset({"sdm"}),
+    "tile data": frozenset(AUTOENCODERS + ("ldm",)),
+    "clusters": frozenset({"sdm", "ldm"}),
     "train": ALL,
     "classifier": frozenset(CLASSIFIERS),
     "diffusion": frozenset(DIFFUSION_TYPES),
-    "score diffusion": frozenset({"diffusion"}),
+    "conditioned diffusion": frozenset({"diffusion", "ldm"}),
     "sdm": frozenset({"sdm"}),
+    "autoencoder": frozenset(AUTOENCODERS),
+    "vq": frozenset({"vqvae"}),
+    "kl": frozenset({"autoencoder_kl"}),
+    "ldm": frozenset({"ldm"}),
 }
+# Which data sets each model type trains on.
+MODEL_DATA = {
+    **{m: WSI_DATASETS for m in ("diffusion",) + CLASSIFIERS},
+    "sdm": LAYOUT_DATASETS,
+    **{m: TILE_DATASETS for m in AUTOENCODERS + ("ldm",)},
+}
+CONDITIONS = {"diffusion": ("score",), "ldm": ("label",)}
 
 
 class ConfigError(ValueError):
@@ -92,7 +107,7 @@ OPTIONS: tuple[Option, ...] = (
     O("num_workers", int, 2, "data-loading worker processes per rank"),
     # patches
     O("tile_size", int, 64, "patch size in pixels (level 0 of a slide, or the tiles cut from layout images)", None, "patches"),
-    O("val_fraction", float, 0.2, "validation share: of each slide's annotations by y (y_percentile), or of the layout images", None, "patches"),
+    O("val_fraction", float, 0.2, "validation share: of each slide's annotations by y (y_percentile), of the layout images, or of a stack's training tiles", None, "patches"),
     O("augment", flag_bool, True, "random 90-degree rotations and flips", None, "patches"),
     # WSI data
     O("slides_dir", str, None, "folder of whole-slide images (default: the data set's layout)", None, "wsi data"),
@@ -116,8 +131,12 @@ OPTIONS: tuple[Option, ...] = (
     O("no_instance", flag_bool, False, "leave out the instance-edge map", None, "layout data"),
     O("use_hv_map", flag_bool, False, "add HoVer-Net horizontal/vertical distance maps (2 channels)", None, "layout data"),
     O("use_col_map", flag_bool, False, "add the colour map: each nucleus filled with its mean colour (3 channels)", None, "layout data"),
-    O("cluster_file", str, None, "CSV from cluster.py (name,cluster,...): train only on --cluster_id", None, "layout data"),
     O("cluster_id", int, None, "the cluster of --cluster_file to train on", None, "layout data"),
+    # tile stacks
+    O("stack_slice", int, 0, "which slice S of an (N, S, H, W, 3) stack", None, "tile data"),
+    O("test_size", int, 1000, "the last N tiles of the stack are the held-out test split", None, "tile data"),
+    # clusters
+    O("cluster_file", str, None, "cluster CSV: sdm trains on --cluster_id of cluster.py's tiles; ldm takes every tile's cluster as its label", None, "clusters"),
     # optimisation
     O("optimizer", str, "adamw", "optimiser", ("adam", "adamw", "sgd"), "train"),
     O("learning_rate", float, 1e-4, "peak learning rate", None, "train", ("lr",)),
@@ -129,7 +148,7 @@ OPTIONS: tuple[Option, ...] = (
     O("max_steps", int, 10000, "optimiser steps to train for", None, "train"),
     O("grad_accum", int, 1, "micro-batches accumulated per optimiser step (no all-reduce until the last)", None, "train"),
     O("grad_clip", float, 1.0, "clip the gradient norm to this (0: off)", None, "train"),
-    O("ema_decay", float, None, "EMA decay of the weights (0: off; default 0.9995 diffusion and sdm, 0 classifiers)", None, "train"),
+    O("ema_decay", float, None, "EMA decay of the weights (0: off; default 0.9995 for diffusion models, 0 for classifiers and autoencoders)", None, "train"),
     O("precision", str, "fp32", "fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA)", ("fp32", "bf16", "fp16"), "train"),
     O("loss_function", str, None, "diffusion and sdm: l1, l2 or huber (default l2); classifiers: bce", ("l1", "l2", "huber", "bce"), "train"),
     O("val_every", int, 500, "validate every N steps (0: only at the end)", None, "train"),
@@ -155,12 +174,36 @@ OPTIONS: tuple[Option, ...] = (
     O("attention_resolutions", int_list, [16], "feature-map sizes with self-attention", None, "diffusion"),
     O("num_head_channels", int, 32, "channels per attention head", None, "diffusion"),
     O("dropout", float, 0.0, "dropout in residual blocks", None, "diffusion"),
-    O("conditions", str_list, ["score"], "conditions the UNet takes: score, or none", None, "score diffusion"),
+    O("conditions", str_list, None, "conditions the UNet takes: diffusion score (default) or none; ldm label (cluster id) or none (default)", None, "conditioned diffusion"),
     # sdm
     O("spade_hidden", int, 128, "hidden channels of each SPADE block's convolutions", None, "sdm"),
     O("use_checkpoint", flag_bool, False, "gradient checkpointing (less memory, more compute)", None, "sdm"),
     O("resblock_updown", flag_bool, True, "down/up sampling inside residual blocks", None, "sdm"),
     O("use_scale_shift_norm", flag_bool, True, "time embedding as scale and shift of the normalised activations", None, "sdm"),
+    # autoencoders
+    O("ae_channels", int, 64, "autoencoder base channels", None, "autoencoder"),
+    O("ae_channel_mult", int_list, [1, 2, 4], "autoencoder channel multipliers; downsampling factor 2**(levels-1)", None, "autoencoder"),
+    O("ae_res_blocks", int, 1, "autoencoder residual blocks per level", None, "autoencoder"),
+    O("latent_channels", int, 4, "channels of the latent", None, "autoencoder"),
+    O("perceptual_weights", str, None, "local torchvision VGG16 state dict for the LPIPS perceptual loss (none: no perceptual loss)", None, "autoencoder"),
+    O("lpips_weights", str, None, "optional LPIPS linear calibration weights (lin layers) for --perceptual_weights", None, "autoencoder"),
+    O("perceptual_weight", float, 1.0, "weight of the perceptual loss", None, "autoencoder"),
+    O("disc_start", int, 5000, "step at which the PatchGAN adversarial loss starts (a value past --max_steps: no GAN)", None, "autoencoder"),
+    O("disc_weight", float, 0.5, "weight of the adaptive adversarial loss", None, "autoencoder"),
+    O("disc_learning_rate", float, None, "discriminator learning rate (default: --learning_rate)", None, "autoencoder"),
+    O("disc_channels", int, 64, "PatchGAN base channels", None, "autoencoder"),
+    O("disc_layers", int, 3, "PatchGAN strided layers", None, "autoencoder"),
+    O("codebook_size", int, 512, "VQ codebook entries", None, "vq"),
+    O("commitment_weight", float, 0.25, "VQ commitment loss weight", None, "vq"),
+    O("codebook_ema", flag_bool, True, "update the codebook by exponential moving averages (else by gradients)", None, "vq"),
+    O("codebook_decay", float, 0.99, "EMA decay of the codebook", None, "vq"),
+    O("dead_code_threshold", float, 1.0, "codes whose EMA usage falls below this are restarted from encoder outputs", None, "vq"),
+    O("kl_weight", float, 1e-6, "weight of the KL term", None, "kl"),
+    # latent diffusion
+    O("autoencoder_ckpt", str, None, "checkpoint of a trained vqvae or autoencoder_kl (required for ldm)", None, "ldm"),
+    O("cache_latents", flag_bool, False, "encode the training tiles once and train on the cached latents (no augmentation)", None, "ldm"),
+    O("scale_batches", int, 20, "batches used to measure the latent scale factor (1 / std)", None, "ldm"),
+    O("freeze_backbone", flag_bool, False, "fine-tuning: train only the condition (cluster) embedding", None, "ldm"),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 ALIASES = {alias: o.name for o in OPTIONS for alias in o.aliases}
@@ -246,13 +289,16 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     wrong = sorted(n for n in explicit if n in BY_NAME and model_type not in GROUP_MODELS[BY_NAME[n].group])
     if wrong:
         raise ConfigError(f"--model_type {model_type} does not take --{', --'.join(wrong)}")
-    layout = config["dataset"] in LAYOUT_DATASETS
-    if (model_type == "sdm") != layout:
-        wanted = LAYOUT_DATASETS if model_type == "sdm" else WSI_DATASETS
+    if config["dataset"] not in MODEL_DATA[model_type]:
+        wanted = MODEL_DATA[model_type]
         raise ConfigError(f"--model_type {model_type} trains on --dataset {' or '.join(wanted)}, not {config['dataset']}")
     is_diffusion = model_type in DIFFUSION_TYPES
     loss = config["loss_function"]
-    if is_diffusion:
+    if model_type in AUTOENCODERS:
+        config["loss_function"] = loss or "l1"
+        if config["loss_function"] not in ("l1", "l2"):
+            raise ConfigError(f"--loss_function {loss}: autoencoders reconstruct with l1 or l2")
+    elif is_diffusion:
         config["loss_function"] = loss or "l2"
         if config["loss_function"] not in DIFFUSION_LOSSES:
             raise ConfigError(f"--loss_function {loss} is for classifiers; {model_type} takes {DIFFUSION_LOSSES}")
@@ -262,16 +308,25 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
             config["cond_drop_prob"] = 0.2 if model_type == "sdm" else 0.1
         if not 0.0 <= config["cond_drop_prob"] <= 1.0:
             raise ConfigError(f"--cond_drop_prob must be in [0, 1], got {config['cond_drop_prob']}")
-        if model_type == "diffusion":
-            unknown = sorted(set(config["conditions"]) - {"score"})
+        if model_type in CONDITIONS:
+            if config["conditions"] is None:
+                config["conditions"] = list(CONDITIONS[model_type]) if model_type == "diffusion" else []
+            unknown = sorted(set(config["conditions"]) - set(CONDITIONS[model_type]))
             if unknown:
-                raise ConfigError(f"--conditions: unknown condition(s) {unknown}; this model type takes: score")
+                raise ConfigError(f"--conditions: unknown condition(s) {unknown}; {model_type} takes: {', '.join(CONDITIONS[model_type])} or none")
+        if model_type == "ldm":
+            if not config["autoencoder_ckpt"]:
+                raise ConfigError("--model_type ldm needs --autoencoder_ckpt (a trained vqvae or autoencoder_kl)")
+            if "label" in config["conditions"] and not config["cluster_file"]:
+                raise ConfigError("--conditions label needs --cluster_file (the tiles' cluster ids)")
     else:
         config["loss_function"] = loss or "bce"
         if config["loss_function"] != "bce":
             raise ConfigError(f"--loss_function {loss} is for diffusion; classifiers train with bce")
     if config["ema_decay"] is None:
         config["ema_decay"] = 0.9995 if is_diffusion else 0.0
+    if model_type == "sdm" and config["cluster_file"] and config["cluster_id"] is None:
+        raise ConfigError("--cluster_file for sdm needs --cluster_id (the cluster to train on)")
     if config["stride"] is None:
         config["stride"] = config["tile_size"]
     checks = [
@@ -288,6 +343,8 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
         ("max_offset", config["max_offset"] >= 0, "non-negative"),
         ("num_workers", config["num_workers"] >= 0, "non-negative"),
         ("num_classes", config["num_classes"] >= 2, "at least 2 (background and nucleus)"),
+        ("test_size", config["test_size"] >= 0, "non-negative"),
+        ("scale_batches", config["scale_batches"] >= 1, "at least 1"),
         ("ensemble", config["ensemble"] is None or config["ensemble"] >= 0, "a non-negative member index"),
     ]
     for name, ok, expected in checks:
@@ -295,8 +352,8 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"--{name} must be {expected}, got {config[name]}")
     if config["split"] == "slides" and config["split_file"] is None and config["dataset"] != "synthetic":
         raise ConfigError("--split slides needs --split_file CSV (columns slide,split)")
-    if (config["cluster_file"] is None) != (config["cluster_id"] is None):
-        raise ConfigError("--cluster_file and --cluster_id go together: give both or neither")
+    if config["cluster_id"] is not None and not config["cluster_file"]:
+        raise ConfigError("--cluster_id needs --cluster_file")
     return config
 
 
@@ -304,7 +361,7 @@ def run_dir_for(config: dict[str, Any]) -> Path:
     """model_weights/<diffusion|sdm>_<dataset>[_<date>] or model_weights/resnet[_<date>]/Ensemble_<N>."""
     suffix = f"_{config['date']}" if config.get("date") else ""
     out = Path(config["out_dir"])
-    if config["model_type"] in DIFFUSION_TYPES:
+    if config["model_type"] in DIFFUSION_TYPES + AUTOENCODERS:
         cluster = f"_cluster{config['cluster_id']}" if config.get("cluster_id") is not None else ""
         return out / f"{config['model_type']}_{config['dataset']}{cluster}{suffix}"
     member = config["ensemble"] if config["ensemble"] is not None else 0

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from config import LAYOUT_DATASETS, map_settings
+from config import LAYOUT_DATASETS, TILE_DATASETS, map_settings
 from data.annotations import Annotation, ClassMap, DataError
 from data.condition_maps import MapOptions
 from data.meningioma import read_meningioma
 from data.midog import midog_summary, read_midog_json
+from data.npy_stack import TileStack, labels_from_csv, open_stack, tiles_from_slides, write_stack
 from data.monuseg import LayoutPatches, is_tiled_folder, list_tiles, split_names, tile_monuseg
 from data.sliderunner import read_sliderunner, sliderunner_summary
 from data.synthetic import generate_synthetic_dataset, synthetic_paths
@@ -185,10 +186,61 @@ def layout_dataset(config: dict[str, Any], model_config: dict[str, Any], masks_d
     return LayoutPatches(tiles, maps, train_names, augment=False)
 
 
+SYNTHETIC_TILE_COUNT = 1200
+
+
+def tile_stack_path(config: dict[str, Any]) -> Path:
+    """The .npy stack of a tile data set; the synthetic one is cut from the synthetic demo slides when missing."""
+    root = Path(config["data_root"] or Path("data") / config["dataset"])
+    if root.suffix == ".npy":
+        return root
+    path = root / "tiles.npy"
+    if config["dataset"] == "synthetic_tiles" and not path.is_file():
+        slides = root / "slides"
+        print(f"cutting {SYNTHETIC_TILE_COUNT} synthetic {config['tile_size']} px tiles into {path}", file=sys.stderr)
+        generate_synthetic_dataset(slides, progress=False)
+        tiles = tiles_from_slides(sorted(synthetic_paths(slides)["slides_dir"].glob("*.tif")), config["tile_size"], SYNTHETIC_TILE_COUNT, config["seed"])
+        write_stack(path, tiles)
+    return path
+
+
+def build_tile_datasets(config: dict[str, Any]) -> tuple[Dataset, TileStack | None]:
+    """Training stream and validation tiles of a stack: validation is the last --val_fraction of the training
+    part, just before the held-out test tail (--test_size), which training never sees."""
+    path = tile_stack_path(config)
+    stack = open_stack(path)
+    size = int(stack.shape[-2])
+    count = int(stack.shape[0])
+    del stack
+    if "tile_size" in config.get("explicit", ()) and config["tile_size"] != size:
+        raise DataError(f"--tile_size {config['tile_size']} differs from the tiles of {path} ({size} px)")
+    config["tile_size"] = size
+    labels = labels_from_csv(config["cluster_file"]) if config.get("cluster_file") else None
+    train_count = count - config["test_size"]
+    n_val = int(round(config["val_fraction"] * train_count))
+    if train_count - n_val < 1:
+        raise DataError(f"{path}: {count} tiles leave none for training with --test_size {config['test_size']} and --val_fraction {config['val_fraction']}")
+    common = {"test_size": config["test_size"], "slice_index": config["stack_slice"], "labels": labels}
+    train = TileStack(path, "train", augment=config["augment"], seed=config["seed"], indices=range(train_count - n_val), **common)
+    val = TileStack(path, "train", indices=range(train_count - n_val, train_count), **common) if n_val else None
+    return ShuffledStream(train, config["seed"]), val
+
+
+def stack_split(config: dict[str, Any], split: str, labels: bool = False) -> TileStack:
+    """Unaugmented tiles of a stack's split: "test" is the held-out tail, "train" everything before it
+    (training and validation tiles); with labels, each tile's cluster from --cluster_file."""
+    if split == "test" and config["test_size"] < 1:
+        raise DataError("the run was trained with --test_size 0: there are no held-out tiles")
+    cluster_labels = labels_from_csv(config["cluster_file"]) if labels and config.get("cluster_file") else None
+    return TileStack(tile_stack_path(config), split, test_size=config["test_size"], slice_index=config["stack_slice"], labels=cluster_labels)
+
+
 def build_datasets(config: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
     """Training stream and validation set for the config's data set."""
     if config["dataset"] in LAYOUT_DATASETS:
         return build_layout_datasets(config)
+    if config["dataset"] in TILE_DATASETS:
+        return build_tile_datasets(config)
     if config["dataset"] == "synthetic":
         prepare_synthetic(config)
     paths = data_paths(config)
@@ -231,7 +283,58 @@ def build_dataloaders(config: dict[str, Any], start_batch: int = 0) -> DataBundl
     )
     val = None
     if val_set is not None:
-        val = DataLoader(val_set, batch_size=config["batch_validation"], shuffle=False, num_workers=workers, pin_memory=pin)
+        val = DataLoader(val_set, batch_size=config["batch_validation"], shuffle=False, num_workers=workers, pin_memory=pin,
+                         generator=torch.Generator().manual_seed(config["seed"]))
+    return DataBundle(train, val, train_set, val_set)
+
+
+class CachedLatents(Dataset):
+    """Latents encoded once (with their labels): the sample contract's `image` holds the latent."""
+
+    def __init__(self, latents: torch.Tensor, labels: torch.Tensor | None):
+        self.latents = latents
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, index: int) -> dict:
+        i = index % len(self.latents)
+        sample = {"image": self.latents[i]}
+        if self.labels is not None:
+            sample["label"] = int(self.labels[i])
+        return sample
+
+
+@torch.no_grad()
+def encode_all(dataset: Dataset, model: Any, device: torch.device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    latents, labels = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        latents.append(model.encode(batch["image"].to(device)).cpu())
+        if "label" in batch:
+            labels.append(batch["label"])
+    return torch.cat(latents), (torch.cat(labels) if labels else None)
+
+
+def cache_latents(data: DataBundle, model: Any, device: torch.device, path: Path, config: dict[str, Any]) -> DataBundle:
+    """Encode the training and validation tiles once (unaugmented) into `path` and serve the latents from it."""
+    if path.is_file():
+        cache = torch.load(path, weights_only=True)
+    else:
+        base = getattr(data.train_set, "dataset", data.train_set)
+        base.augment = False
+        train, train_labels = encode_all(base, model, device, config["batch_validation"])
+        cache = {"train": train, "train_labels": train_labels}
+        if data.val_set is not None:
+            cache["val"], cache["val_labels"] = encode_all(data.val_set, model, device, config["batch_validation"])
+        torch.save(cache, path)
+        print(f"cached {len(train)} training latents in {path}", file=sys.stderr)
+    train_set = ShuffledStream(CachedLatents(cache["train"], cache["train_labels"]), config["seed"])
+    val_set = CachedLatents(cache["val"], cache["val_labels"]) if "val" in cache else None
+    rank, world = data.train.sampler.rank, data.train.sampler.world_size
+    train = DataLoader(train_set, batch_size=config["batch_size"], sampler=StreamSampler(config["batch_size"], data.train.sampler.start_batch, rank, world),
+                       generator=torch.Generator().manual_seed(config["seed"]))
+    val = DataLoader(val_set, batch_size=config["batch_validation"], generator=torch.Generator()) if val_set is not None else None
     return DataBundle(train, val, train_set, val_set)
 
 

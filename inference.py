@@ -4,6 +4,10 @@ diffusion: mitosis transition sequences scored by the classifier ensemble
     python inference.py --ckpt RUN/last.pt --classifier_ckpts model_weights/resnet/ --conditions 0:1:6
 sdm: H&E tiles from nuclei layouts, written as a segmentation training set
     python inference.py --ckpt RUN/last.pt --num_samples 64 --s 1.5 2 --timestep_respacing ddim50
+ldm: tiles per cluster, or one tile per training tile from its cluster (--paired)
+    python inference.py --ckpt RUN/last.pt --cluster_ids 0 1 2 --num_per_cluster 16 --cfg_scale 2
+vqvae / autoencoder_kl: reconstructions of the held-out tiles and latent features of the training tiles
+    python inference.py --ckpt RUN/best.pt --out_dir outputs/autoencoder
 """
 from __future__ import annotations
 
@@ -12,21 +16,28 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from checkpoint import CheckpointError
 from config import ConfigError
 from data.annotations import DataError
-from dataloader import layout_dataset
+from dataloader import layout_dataset, stack_split
+from latents import export_features, generate_paired, generate_per_cluster, reconstruct
 from model import LoadedModel, load_checkpoint, load_ensemble
 from runtime import pick_device
 from synthesis import Respacing, SynthesisJob, synthesise
 from transitions import SAMPLERS, SamplingOptions, load_start_images, parse_conditions, render_sequences, score_images, write_outputs
 
-TRANSITION_FLAGS = ("classifier_ckpts", "conditions", "num_sequences", "cfg_scale", "from_image", "from_patch", "strength")
-SDM_FLAGS = ("num_samples", "s", "shuffle_masks", "match_struct", "masks")
+TYPE_FLAGS = {
+    "diffusion": ("classifier_ckpts", "conditions", "num_sequences", "cfg_scale", "from_image", "from_patch", "strength"),
+    "sdm": ("num_samples", "s", "shuffle_masks", "match_struct", "masks"),
+    "ldm": ("cluster_ids", "num_per_cluster", "paired", "cfg_scale"),
+    "vqvae": (),
+    "autoencoder_kl": (),
+}
+SAMPLING_FLAGS = ("sampler", "steps", "timestep_respacing", "eta")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     sdm.add_argument("--masks", help="tiled layout folder (images/, inst_masks/) to take layouts from (default: the checkpoint's training tiles)")
     sdm.add_argument("--shuffle_masks", action="store_true", help="use every layout once in a seeded random order before repeating")
     sdm.add_argument("--match_struct", action="store_true", help="use the layouts in order, so the set mirrors the real one")
+    ldm = p.add_argument_group("ldm checkpoints: tiles per cluster (guidance: --cfg_scale)")
+    ldm.add_argument("--cluster_ids", type=int, nargs="+", help="clusters to generate (default: every cluster the model knows)")
+    ldm.add_argument("--num_per_cluster", type=int, help="tiles per cluster, or in all for an unconditional model (default 8)")
+    ldm.add_argument("--paired", action="store_true", help="one tile per training tile, from its cluster, under its file name (generated/ and real/)")
     return p
+
+
+def check_flags(args: argparse.Namespace, model_type: str, path: Path) -> None:
+    """Reject flags meant for other model types, naming them and what the checkpoint is."""
+    allowed = set(TYPE_FLAGS[model_type]) | (set() if model_type in ("vqvae", "autoencoder_kl") else set(SAMPLING_FLAGS))
+    other = {f for flags in TYPE_FLAGS.values() for f in flags} | set(SAMPLING_FLAGS)
+    wrong = given(args, sorted(other - allowed))
+    if wrong:
+        raise ConfigError(f"--{', --'.join(wrong)}: not for {model_type} checkpoints ({path})")
 
 
 def given(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
@@ -103,9 +127,6 @@ def staged(out: Path, write: Callable[[Path], None]) -> None:
 
 
 def run_transitions(args: argparse.Namespace, loaded: LoadedModel, device: torch.device) -> None:
-    wrong = given(args, SDM_FLAGS)
-    if wrong:
-        raise ConfigError(f"--{', --'.join(wrong)}: for sdm checkpoints; {loaded.path} is a diffusion checkpoint")
     if len(args.ckpt) != 1:
         raise ConfigError("--ckpt: transition sequences take one diffusion checkpoint")
     if not args.classifier_ckpts:
@@ -139,9 +160,6 @@ def run_transitions(args: argparse.Namespace, loaded: LoadedModel, device: torch
 
 
 def run_synthesis(args: argparse.Namespace, first: LoadedModel, device: torch.device) -> None:
-    wrong = given(args, TRANSITION_FLAGS)
-    if wrong:
-        raise ConfigError(f"--{', --'.join(wrong)}: for diffusion checkpoints; {first.path} is an sdm checkpoint")
     if args.shuffle_masks and args.match_struct:
         raise ConfigError("--shuffle_masks and --match_struct contradict each other: give one")
     num_samples = args.num_samples if args.num_samples is not None else 16
@@ -163,17 +181,68 @@ def run_synthesis(args: argparse.Namespace, first: LoadedModel, device: torch.de
     print(f"pictures: {out / 'grid.png'} (layout | generated | real); list: {out / 'samples.csv'}")
 
 
+def single_checkpoint(args: argparse.Namespace, model_type: str) -> None:
+    if len(args.ckpt) != 1:
+        raise ConfigError(f"--ckpt: {model_type} checkpoints are sampled one at a time")
+
+
+def run_ldm(args: argparse.Namespace, loaded: LoadedModel, device: torch.device) -> None:
+    single_checkpoint(args, "ldm")
+    respacing = sampling_choice(args)
+    scale = args.cfg_scale if args.cfg_scale is not None else 1.0
+    num_labels = loaded.model_config["unet"].get("num_labels", 0)
+    conditioned = "label" in loaded.model_config["unet"]["conditions"]
+    out = Path(args.out_dir)
+    if args.paired:
+        if args.cluster_ids or args.num_per_cluster:
+            raise ConfigError("--paired makes one tile per training tile: it takes no --cluster_ids or --num_per_cluster")
+        tiles = stack_split(loaded.config, "train", labels=conditioned)
+        count: dict[str, int] = {}
+        staged(out, lambda folder: count.update(n=generate_paired(loaded.model, loaded.diffusion, tiles, scale, respacing, args.batch_size, args.seed, device, folder)))
+        print(f"{count['n']} generated tiles paired by file name with the real ones: {out / 'generated'}, {out / 'real'}")
+        return
+    if args.cluster_ids and not conditioned:
+        raise ConfigError(f"--cluster_ids: {loaded.path} is an unconditional ldm (trained without --conditions label)")
+    ids = args.cluster_ids if args.cluster_ids else (list(range(num_labels)) if conditioned else None)
+    bad = [c for c in ids or [] if not 0 <= c < num_labels]
+    if bad:
+        raise ConfigError(f"--cluster_ids {bad}: the model knows clusters 0..{num_labels - 1}")
+    per_cluster = args.num_per_cluster if args.num_per_cluster is not None else 8
+    if per_cluster < 1:
+        raise ConfigError(f"--num_per_cluster must be at least 1, got {per_cluster}")
+    count = {}
+    staged(out, lambda folder: count.update(n=generate_per_cluster(loaded.model, loaded.diffusion, ids, per_cluster, scale, respacing, args.batch_size, args.seed, device, folder)))
+    print(f"{count['n']} tiles into {out}; pictures: {out / 'grid.png'}; list: {out / 'samples.csv'}")
+
+
+def run_autoencoder(args: argparse.Namespace, loaded: LoadedModel, device: torch.device) -> None:
+    single_checkpoint(args, loaded.model_type)
+    train_tiles = stack_split(loaded.config, "train")
+    test_tiles = stack_split(loaded.config, "test")
+    out = Path(args.out_dir)
+    result: dict[str, Any] = {}
+
+    def write(folder: Path) -> None:
+        result.update(reconstruct(loaded.model, test_tiles, args.batch_size, device, folder))
+        result["features"] = export_features(loaded.model, train_tiles, args.batch_size, device, folder / "features.csv")
+
+    staged(out, write)
+    print(f"held-out tiles: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} ({out / 'metrics.csv'}, {out / 'grid.png'})")
+    print(f"latent features of {result['features']} training tiles: {out / 'features.csv'} (input of cluster_validation.py)")
+
+
+RUNNERS = {"diffusion": run_transitions, "sdm": run_synthesis, "ldm": run_ldm, "vqvae": run_autoencoder, "autoencoder_kl": run_autoencoder}
+
+
 def run(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     check_common(args)
     device = pick_device(args.device)
     first = load_checkpoint(args.ckpt[0], device)
-    if first.model_type == "diffusion":
-        run_transitions(args, first, device)
-    elif first.model_type == "sdm":
-        run_synthesis(args, first, device)
-    else:
-        raise ConfigError(f"--ckpt {args.ckpt[0]} holds a {first.model_type} classifier; sampling needs a diffusion or sdm checkpoint")
+    if first.model_type not in RUNNERS:
+        raise ConfigError(f"--ckpt {args.ckpt[0]} holds a {first.model_type} classifier; sampling needs a diffusion, sdm, ldm or autoencoder checkpoint")
+    check_flags(args, first.model_type, first.path)
+    RUNNERS[first.model_type](args, first, device)
     return Path(args.out_dir)
 
 

@@ -12,7 +12,9 @@ from checkpoint import CheckpointError, read_checkpoint
 from classifier import ARCHITECTURES, Ensemble, ResNetClassifier
 from config import ConfigError, map_settings
 from data.condition_maps import MapOptions, map_channels
+from diffusion.autoencoder import AutoencoderKL, VQVAE
 from diffusion.gaussian_diffusion import GaussianDiffusion
+from diffusion.latent import LatentDiffusion
 from diffusion.sdm_unet import SDMUNet
 from diffusion.unet import UNet
 
@@ -67,7 +69,50 @@ def model_config_from(config: dict[str, Any]) -> dict[str, Any]:
             "cond_drop_prob": config["cond_drop_prob"],
         }
         return {"unet": unet, "diffusion": diffusion_settings(config), "maps": maps}
+    if model_type in ("vqvae", "autoencoder_kl"):
+        ae = {
+            "in_channels": 3,
+            "channels": config["ae_channels"],
+            "channel_mult": list(config["ae_channel_mult"]),
+            "num_res_blocks": config["ae_res_blocks"],
+            "latent_channels": config["latent_channels"],
+        }
+        if model_type == "vqvae":
+            ae.update(codebook_size=config["codebook_size"], commitment_weight=config["commitment_weight"],
+                      ema_decay=config["codebook_decay"], use_ema=config["codebook_ema"],
+                      dead_code_threshold=config["dead_code_threshold"])
+        else:
+            ae.update(kl_weight=config["kl_weight"])
+        return {"autoencoder": ae}
     return {"arch": model_type}
+
+
+def ldm_model_config(config: dict[str, Any], autoencoder: LoadedModel, scale_factor: float, num_labels: int) -> dict[str, Any]:
+    """Model config of a latent diffusion run: the UNet on the latent grid, the frozen autoencoder, the scale."""
+    ae = autoencoder.model
+    latent = ae.latent_channels
+    size = autoencoder.config["tile_size"] // ae.downsample_factor
+    unet = {
+        "image_size": size,
+        "in_channels": latent,
+        "out_channels": 2 * latent if config["learn_sigma"] else latent,
+        "dim": config["dim"],
+        "dim_mults": list(config["dim_mults"]),
+        "num_res_blocks": config["num_res_blocks"],
+        "attn_resolutions": list(config["attention_resolutions"]),
+        "num_head_channels": config["num_head_channels"],
+        "dropout": config["dropout"],
+        "conditions": list(config["conditions"]),
+        "cond_drop_prob": config["cond_drop_prob"],
+        "num_labels": num_labels,
+    }
+    return {
+        "unet": unet,
+        "diffusion": diffusion_settings(config),
+        "autoencoder": {"model_type": autoencoder.model_type, "model_config": autoencoder.model_config},
+        "scale_factor": scale_factor,
+        "image_size": autoencoder.config["tile_size"],
+    }
 
 
 def build_from_model_config(model_type: str, model_config: dict[str, Any]) -> nn.Module:
@@ -75,6 +120,14 @@ def build_from_model_config(model_type: str, model_config: dict[str, Any]) -> nn
         return UNet(**model_config["unet"])
     if model_type == "sdm":
         return SDMUNet(**model_config["unet"])
+    if model_type == "vqvae":
+        return VQVAE(**model_config["autoencoder"])
+    if model_type == "autoencoder_kl":
+        return AutoencoderKL(**model_config["autoencoder"])
+    if model_type == "ldm":
+        ae = model_config["autoencoder"]
+        autoencoder = build_from_model_config(ae["model_type"], ae["model_config"])
+        return LatentDiffusion(UNet(**model_config["unet"]), autoencoder, model_config["scale_factor"])
     if model_type in ARCHITECTURES:
         return ResNetClassifier(model_config["arch"])
     raise ValueError(f"unknown model type {model_type!r}")

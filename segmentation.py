@@ -12,7 +12,6 @@ import argparse
 import csv
 import math
 import os
-import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -24,10 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import tifffile  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 from skimage.measure import label  # noqa: E402
 from torch import nn  # noqa: E402
@@ -35,11 +32,17 @@ from tqdm import tqdm  # noqa: E402
 
 from config import ConfigError  # noqa: E402
 from data.annotations import DataError  # noqa: E402
+from data.monuseg import (  # noqa: E402
+    TILE_NAME,
+    held_out_groups,
+    mask_tile_files,
+    read_binary_mask,
+    read_instance_mask,
+    read_rgb,
+    source_of,
+)
 from runtime import pick_device  # noqa: E402
 
-MASK_FOLDERS = ("labels", "bin_masks")
-INSTANCE_FOLDER = "inst_masks"
-TILE_NAME = re.compile(r"^(?P<source>.+)_\d+_\d+$")
 RESULT_COLUMNS = ("ratio", "n_real", "n_synthetic", "dice", "f1", "precision", "recall")
 
 
@@ -56,53 +59,15 @@ class Tile:
 # ---------------------------------------------------------------------------------------------- tiled folders
 
 
-def _read_mask_file(path: Path) -> np.ndarray:
-    """A 2-D array from a PNG (PIL) or TIFF (tifffile); colour masks are reduced by their maximum channel."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            array = tifffile.imread(path)
-        else:
-            with Image.open(path) as img:
-                array = np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise DataError(f"{path}: not a readable mask ({err})") from None
-    array = np.squeeze(array)
-    if array.ndim == 3:
-        array = array.max(axis=-1)
-    if array.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D mask, got an array of shape {array.shape}")
-    return array
-
-
-def _find_by_stem(folder: Path, stem: str, suffixes: Sequence[str]) -> Path:
-    for suffix in suffixes:
-        candidate = folder / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"{folder / (stem + suffixes[0])}: missing (every image needs a mask of the same name)")
-
-
 def read_tile(image_path: Path, mask_path: Path | None, instance_path: Path | None) -> Tile:
     """Read one tile; without a binary mask the mask is `instances > 0`, without ids the instances are its components."""
-    try:
-        with Image.open(image_path) as img:
-            image = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"{image_path}: not a readable image ({err})") from None
+    image = read_rgb(image_path)
     size = image.shape[:2]
-    mask = instances = None
-    for path in (mask_path, instance_path):
-        if path is None:
-            continue
-        array = _read_mask_file(path)
-        if array.shape != size:
+    mask = read_binary_mask(mask_path) if mask_path is not None else None
+    instances = read_instance_mask(instance_path).astype(np.int32) if instance_path is not None else None
+    for path, array in ((mask_path, mask), (instance_path, instances)):
+        if array is not None and array.shape != size:
             raise DataError(f"{path}: mask is {array.shape[0]}x{array.shape[1]} px but image {image_path} is {size[0]}x{size[1]} px")
-        if path is mask_path:
-            mask = array > 0
-        else:
-            if not np.issubdtype(array.dtype, np.integer):
-                raise DataError(f"{path}: expected integer instance ids, got {array.dtype}")
-            instances = array.astype(np.int32)
     if mask is None:
         mask = instances > 0
     if instances is None:
@@ -112,25 +77,7 @@ def read_tile(image_path: Path, mask_path: Path | None, instance_path: Path | No
 
 def read_tiled_folder(folder: str | os.PathLike) -> list[Tile]:
     """All tiles of `folder` (images/ with labels/ or bin_masks/ and/or inst_masks/), sorted by name."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder (expected images/ and bin_masks/ or labels/)")
-    image_dir = root / "images"
-    if not image_dir.is_dir():
-        raise DataError(f"{root}: no images/ folder (expected images/*.png with bin_masks/ or labels/)")
-    mask_dir = next((root / name for name in MASK_FOLDERS if (root / name).is_dir()), None)
-    instance_dir = root / INSTANCE_FOLDER if (root / INSTANCE_FOLDER).is_dir() else None
-    if mask_dir is None and instance_dir is None:
-        raise DataError(f"{root}: no masks (expected a labels/, bin_masks/ or inst_masks/ folder next to images/)")
-    image_paths = sorted(p for p in image_dir.glob("*.png") if not p.name.startswith("."))
-    if not image_paths:
-        raise DataError(f"{image_dir}: no .png images")
-    tiles = []
-    for image_path in image_paths:
-        mask_path = _find_by_stem(mask_dir, image_path.stem, (".png", ".tif", ".tiff")) if mask_dir else None
-        instance_path = _find_by_stem(instance_dir, image_path.stem, (".tif", ".tiff", ".png")) if instance_dir else None
-        tiles.append(read_tile(image_path, mask_path, instance_path))
-    return tiles
+    return [read_tile(*paths) for paths in mask_tile_files(folder).values()]
 
 
 TileSource = Union[str, os.PathLike, Tile, tuple]
@@ -406,12 +353,6 @@ def evaluate_segmentation(model: SegNet, held_out: TileSource | Sequence[TileSou
 # ---------------------------------------------------------------------------------------------- downstream run
 
 
-def source_of(name: str) -> str:
-    """The source image of a tile named `{image}_{y}_{x}`; the name itself for other names."""
-    match = TILE_NAME.match(name)
-    return match.group("source") if match else name
-
-
 def split_by_name(names: Iterable[str], held_out_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """(train, held-out) tile names, drawn by the seed; the tiles of one source image stay together.
 
@@ -423,12 +364,8 @@ def split_by_name(names: Iterable[str], held_out_fraction: float, seed: int) -> 
         raise ValueError(f"held-out fraction must be in (0, 1), got {held_out_fraction}")
     if len(names) < 2:
         raise ValueError(f"need at least 2 real tiles to hold some out, got {len(names)}")
-    sources = sorted({source_of(n) for n in names})
-    group = source_of if len(sources) >= 2 else (lambda name: name)
-    groups = sorted({group(n) for n in names})
-    n_held = min(max(round(held_out_fraction * len(groups)), 1), len(groups) - 1)
-    order = np.random.default_rng(seed).permutation(len(groups))
-    held_groups = {groups[i] for i in order[:n_held]}
+    group = source_of if len({source_of(n) for n in names}) >= 2 else (lambda name: name)
+    held_groups = held_out_groups([group(n) for n in names], held_out_fraction, seed)
     held = [n for n in names if group(n) in held_groups]
     return [n for n in names if group(n) not in held_groups], held
 

@@ -1,15 +1,19 @@
 """What the trainer optimises and validates for each kind of model: the loss of a batch and the validation metrics."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.metrics import structural_similarity
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from diffusion.discriminator import adaptive_weight, generator_adv_loss, hinge_d_loss
 from diffusion.gaussian_diffusion import GaussianDiffusion
+from figures import labelled_grid
 
 VALIDATION_SEED = 1234
 
@@ -23,23 +27,29 @@ def limited(loader: Iterable, max_batches: int) -> Iterable:
 
 
 class DiffusionTask:
-    """Denoising loss of GaussianDiffusion; validation uses a fixed generator so runs are comparable."""
+    """Denoising loss of GaussianDiffusion; validation uses a fixed generator so runs are comparable.
+
+    With `encode`, images are first mapped to latents by the model's frozen autoencoder (latent diffusion);
+    without it, batch["image"] is what is diffused (pixels, or latents cached beforehand).
+    """
 
     monitor = "loss"
     higher_is_better = False
 
-    def __init__(self, diffusion: GaussianDiffusion, conditions: Iterable[str]):
+    def __init__(self, diffusion: GaussianDiffusion, conditions: Iterable[str], encode: bool = False):
         self.diffusion = diffusion
         self.conditions = tuple(conditions)
+        self.encode = encode
 
-    def _cond(self, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor] | None:
-        if not self.conditions:
-            return None
-        return {name: batch[name].to(device, non_blocking=True) for name in self.conditions}
+    def _inputs(self, model: nn.Module, batch: dict[str, Any], device: torch.device):
+        x0 = batch["image"].to(device, non_blocking=True)
+        if self.encode:
+            x0 = getattr(model, "module", model).encode(x0)
+        cond = {name: batch[name].to(device, non_blocking=True) for name in self.conditions} if self.conditions else None
+        return x0, cond
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
-        x0 = batch["image"].to(device, non_blocking=True)
-        cond = self._cond(batch, device)
+        x0, cond = self._inputs(model, batch, device)
         return self.diffusion.training_losses(lambda x, t: model(x, t, cond), x0).mean()
 
     @torch.no_grad()
@@ -47,8 +57,7 @@ class DiffusionTask:
         generator = torch.Generator(device=device).manual_seed(VALIDATION_SEED)
         total, count = 0.0, 0
         for batch in limited(loader, max_batches):
-            x0 = batch["image"].to(device)
-            cond = self._cond(batch, device)
+            x0, cond = self._inputs(model, batch, device)
             t = self.diffusion.sample_timesteps(x0.shape[0], device, generator)
             noise = torch.randn(x0.shape, generator=generator, device=device)
             losses = self.diffusion.training_losses(lambda x, tt: model(x, tt, cond), x0, t=t, noise=noise)
@@ -85,3 +94,107 @@ class ClassifierTask:
         if len(np.unique(label)) == 2:
             metrics["auc"] = float(roc_auc_score(label, prob))
         return metrics
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of images in [-1, 1] (per image)."""
+    mse = ((x.float() - y.float()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10.0 * torch.log10(4.0 / mse)
+
+
+def ssim_batch(x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """scikit-image SSIM of each pair of images in [-1, 1] (on 8-bit values, colour channels last)."""
+    to_uint8 = lambda t: ((t.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return [float(structural_similarity(to_uint8(a), to_uint8(b), channel_axis=-1, data_range=255)) for a, b in zip(x, y)]
+
+
+class AutoencoderTask:
+    """Reconstruction (L1/L2 + optional LPIPS) + VQ or KL term + PatchGAN loss with an adaptive weight."""
+
+    monitor = "loss"
+    higher_is_better = False
+
+    def __init__(
+        self,
+        rec_loss: str = "l1",
+        perceptual: nn.Module | None = None,
+        perceptual_weight: float = 1.0,
+        discriminator: nn.Module | None = None,
+        disc_start: int = 0,
+        disc_weight: float = 0.5,
+    ):
+        self.rec_loss = rec_loss
+        self.perceptual = perceptual
+        self.perceptual_weight = perceptual_weight
+        self.discriminator = discriminator
+        self.disc_start = disc_start
+        self.disc_weight = disc_weight
+        self.step = 0
+        self.last_logs: dict[str, float] = {}
+        self._pair: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.log_fields = ("rec", "regulariser", "perplexity", "g_weight", "g_loss", "d_loss")
+
+    def discriminator_active(self) -> bool:
+        return self.discriminator is not None and self.step >= self.disc_start
+
+    def reconstruction_loss(self, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        diff = (recon.float() - x.float()).abs() if self.rec_loss == "l1" else (recon.float() - x.float()) ** 2
+        loss = diff.mean()
+        if self.perceptual is not None:
+            self.perceptual.to(x.device)
+            loss = loss + self.perceptual_weight * self.perceptual(recon.float(), x.float()).mean()
+        return loss
+
+    def training_loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        x = batch["image"].to(device, non_blocking=True)
+        recon, aux = model(x)
+        rec = self.reconstruction_loss(recon, x)
+        regulariser = aux["vq_loss"] if "vq_loss" in aux else aux["kl_loss"]
+        loss = rec + regulariser
+        logs = {"rec": float(rec.detach()), "regulariser": float(regulariser.detach())}
+        if "perplexity" in aux:
+            logs["perplexity"] = float(aux["perplexity"])
+        if self.discriminator_active():
+            g_loss = generator_adv_loss(self.discriminator(recon))
+            last_layer = getattr(model, "module", model).last_layer
+            weight = adaptive_weight(rec, g_loss, last_layer) * self.disc_weight
+            loss = loss + weight * g_loss
+            logs.update(g_weight=float(weight), g_loss=float(g_loss.detach()))
+        self._pair = (x.detach(), recon.detach())
+        self.last_logs = logs
+        return loss
+
+    def discriminator_loss(self, discriminator: nn.Module, device: torch.device) -> torch.Tensor:
+        """Hinge loss of the discriminator on the last batch's real images and reconstructions."""
+        real, fake = self._pair
+        d_loss = hinge_d_loss(discriminator(real), discriminator(fake))
+        self.last_logs["d_loss"] = float(d_loss.detach())
+        return d_loss
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, loader: Iterable, device: torch.device, max_batches: int = 0) -> dict[str, float]:
+        rec, psnrs, ssims, perplexity, usage, batches = 0.0, [], [], 0.0, 0.0, 0
+        for batch in limited(loader, max_batches):
+            x = batch["image"].to(device)
+            recon, aux = model(x)
+            rec += float(self.reconstruction_loss(recon, x)) * x.shape[0]
+            psnrs += psnr(recon, x).tolist()
+            ssims += ssim_batch(recon, x)
+            perplexity += float(aux.get("perplexity", 0.0))
+            usage += float(aux.get("usage", 0.0))
+            batches += 1
+        if not psnrs:
+            return {"loss": float("nan")}
+        metrics = {"loss": rec / len(psnrs), "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
+        if perplexity:
+            metrics.update(perplexity=perplexity / batches, codebook_usage=usage / batches)
+        return metrics
+
+    @torch.no_grad()
+    def write_pictures(self, model: nn.Module, loader: Iterable, device: torch.device, path: Path) -> None:
+        """A grid of validation images (top row) and their reconstructions (bottom row)."""
+        x = next(iter(loader))["image"][:8].to(device)
+        recon, _ = model(x)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        labelled_grid([list(x.cpu()), list(recon.float().cpu())], [["real"] * len(x), ["reconstruction"] * len(x)],
+                      scale=1 if x.shape[-1] >= 96 else 2, caption_lines=1).save(path)

@@ -13,13 +13,12 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from builders import build_recipe
 from checkpoint import CheckpointError, read_checkpoint
 from config import BY_NAME, RESUME_MAY_CHANGE, ConfigError, resolve, run_dir_for
 from data.annotations import DataError
 from dataloader import build_dataloaders
-from model import build_diffusion, build_model, init_from_checkpoint, model_config_from
 from runtime import init_distributed, is_main, pick_device
-from tasks import ClassifierTask, DiffusionTask
 from trainer import Trainer, TrainingError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError)
@@ -78,19 +77,11 @@ def run(argv: Sequence[str] | None = None) -> Path:
     start_batch = state["sampler_position"] if state else 0
     data = build_dataloaders(data_config, start_batch=start_batch)
 
-    model = build_model(config)
-    model_config = model_config_from(config)
-    if config.get("init_from") and state is None:
-        init_from_checkpoint(model, config["model_type"], model_config, config["init_from"])
-    if config["model_type"] == "diffusion":
-        task = DiffusionTask(build_diffusion(model_config), config["conditions"])
-    elif config["model_type"] == "sdm":
-        task = DiffusionTask(build_diffusion(model_config), ("semantic",))
-    else:
-        task = ClassifierTask()
+    recipe = build_recipe(config, data, state, device, run_dir)
     if is_main():
         (run_dir / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "explicit"}, sort_keys=True))
-    trainer = Trainer(config, model, config["model_type"], model_config, task, data.train, data.val, run_dir, device, state)
+    trainer = Trainer(config, recipe.model, config["model_type"], recipe.model_config, recipe.task, recipe.data.train,
+                      recipe.data.val, run_dir, device, state)
     metrics = trainer.fit()
     if is_main():
         summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())

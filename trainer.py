@@ -123,6 +123,12 @@ class Trainer:
             self.optimizer, lr_lambda(config["warmup_steps"], config["max_steps"], config["lr_schedule"])
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=config["precision"] == "fp16")
+        self.discriminator: nn.Module | None = getattr(task, "discriminator", None)
+        self.d_optimizer = None
+        if self.discriminator is not None:
+            self.discriminator.to(device)
+            d_config = {**config, "learning_rate": config.get("disc_learning_rate") or config["learning_rate"]}
+            self.d_optimizer = build_optimizer(d_config, self.discriminator.parameters(), device)
         self.ema = None
         if config["ema_decay"] > 0:
             self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(config["ema_decay"]), use_buffers=True)
@@ -134,8 +140,12 @@ class Trainer:
         self.rng_at_step = self._rng_state()
 
         self.network: nn.Module = self.model
+        self.d_network = self.discriminator
         if self.distributed:
-            self.network = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            ids = [device.index] if device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.model, device_ids=ids)
+            if self.discriminator is not None:
+                self.d_network = DistributedDataParallel(self.discriminator, device_ids=ids)
         if config["compile"]:
             self.network = torch.compile(self.network)
 
@@ -154,6 +164,9 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
             self.ema.n_averaged.fill_(state["ema_count"])
+        if self.discriminator is not None and state.get("discriminator") is not None:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
         self.step = state["step"]
         self.best = state.get("best")
         self.bad_validations = state.get("bad_validations", 0)
@@ -169,6 +182,8 @@ class Trainer:
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "ema_count": int(self.ema.n_averaged) if self.ema is not None else 0,
             "optimizer": self.optimizer.state_dict(),
+            "discriminator": self.discriminator.state_dict() if self.discriminator is not None else None,
+            "d_optimizer": self.d_optimizer.state_dict() if self.d_optimizer is not None else None,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
@@ -192,16 +207,28 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _train_step(self, batches) -> float:
+        """One optimiser step over grad_accum micro-batches (and the discriminator's step, when adversarial)."""
         accum = self.config["grad_accum"]
+        if hasattr(self.task, "step"):
+            self.task.step = self.step
+        adversarial = self.discriminator is not None and self.task.discriminator_active()
         total = torch.zeros((), device=self.device)
         for i in range(accum):
             batch = next(batches)
             sync = not self.distributed or i == accum - 1
+            if self.discriminator is not None:
+                self.discriminator.requires_grad_(False)
             with (contextlib.nullcontext() if sync else self.network.no_sync()):
                 with self._autocast():
                     loss = self.task.training_loss(self.network, batch, self.device) / accum
                 self.scaler.scale(loss).backward()
             total += loss.detach().float()
+            if adversarial:
+                self.discriminator.requires_grad_(True)
+                with (contextlib.nullcontext() if sync else self.d_network.no_sync()):
+                    with self._autocast():
+                        d_loss = self.task.discriminator_loss(self.d_network, self.device) / accum
+                    self.scaler.scale(d_loss).backward()
         if self.distributed:
             dist.all_reduce(total)
             total /= dist.get_world_size()
@@ -215,6 +242,9 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
         self.scaler.step(self.optimizer)
+        if adversarial:
+            self.scaler.step(self.d_optimizer)
+            self.d_optimizer.zero_grad(set_to_none=True)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -231,7 +261,10 @@ class Trainer:
         model.eval()
         try:
             with self._autocast():
-                return self.task.validate(model, self.val_loader, self.device, self.config["val_batches"])
+                metrics = self.task.validate(model, self.val_loader, self.device, self.config["val_batches"])
+                if self.is_main and hasattr(self.task, "write_pictures"):
+                    self.task.write_pictures(model, self.val_loader, self.device, self.run_dir / "pictures" / f"step_{self.step:07d}.png")
+            return metrics
         finally:
             model.train(was_training)
 
@@ -240,7 +273,8 @@ class Trainer:
         cfg = self.config
         resumed = self.step if self.step > 0 else None
         writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=resumed) if self.is_main else None
-        train_log = CsvLog(self.run_dir / "train_log.csv", ["step", "loss", "lr", "images_per_s"], resumed) if self.is_main else None
+        extra = list(getattr(self.task, "log_fields", ()))
+        train_log = CsvLog(self.run_dir / "train_log.csv", ["step", "loss", "lr", "images_per_s", *extra], resumed) if self.is_main else None
         val_log = None
         metrics: dict[str, float] = {}
         batches = iter(self.train_loader)
@@ -252,6 +286,7 @@ class Trainer:
                 self.rng_at_step = self._rng_state()
                 loss = self._train_step(batches)
                 self.step += 1
+                self.rng_at_step = self._rng_state()
                 images += cfg["batch_size"] * cfg["grad_accum"] * (dist.get_world_size() if self.distributed else 1)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
@@ -259,12 +294,14 @@ class Trainer:
                 if self.is_main and (self.step % cfg["log_every"] == 0 or last):
                     rate = images / max(time.perf_counter() - tic, 1e-9)
                     lr = self.scheduler.get_last_lr()[0]
-                    train_log.write({"step": self.step, "loss": loss, "lr": lr, "images_per_s": rate})
+                    logs = dict(getattr(self.task, "last_logs", {}))
+                    train_log.write({"step": self.step, "loss": loss, "lr": lr, "images_per_s": rate, **logs})
                     writer.add_scalar("train/loss", loss, self.step)
+                    for name, value in logs.items():
+                        writer.add_scalar(f"train/{name}", value, self.step)
                     writer.add_scalar("train/lr", lr, self.step)
                     tic, images = time.perf_counter(), 0
                 if self.val_loader is not None and ((cfg["val_every"] and self.step % cfg["val_every"] == 0) or last):
-                    self.rng_at_step = self._rng_state()
                     metrics = self.validate()
                     if self.is_main:
                         if val_log is None:
@@ -280,14 +317,11 @@ class Trainer:
                         self.bad_validations += 1
                     if cfg["early_stopping"] and self.bad_validations >= cfg["early_stopping"]:
                         bar.write(f"early stopping at step {self.step}: no improvement in {self.bad_validations} validations")
-                        self.rng_at_step = self._rng_state()
                         self.save("last.pt")
                         break
                 if cfg["save_every"] and self.step % cfg["save_every"] == 0:
-                    self.rng_at_step = self._rng_state()
                     self.save(STEP_CHECKPOINT.format(self.step))
             else:
-                self.rng_at_step = self._rng_state()
                 self.save("last.pt")
         except KeyboardInterrupt:
             self.save("last.pt")

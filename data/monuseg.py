@@ -3,15 +3,12 @@
 The MoNuSeg layout is `ROOT/Tissue Images/<stem>.tif` (RGB H&E tiles) with `ROOT/Annotations/<stem>.xml`
 (Aperio ImageScope XML, one Region per nucleus polygon). `tile_monuseg` cuts it into a tiled folder
 (`images/`, `bin_masks/`, `inst_masks/`, `tiling.json`); a tiled folder of that layout made elsewhere is read
-directly by `LayoutPatches`.
+directly by `LayoutPatches`, and `mask_tile_files` lists tiled folders whose binary masks are in `labels/` or
+`bin_masks/`. Tiles are named `{source}_{y}_{x}` after their source image (`source_of`).
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import tempfile
 import xml.etree.ElementTree as ElementTree
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +24,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from data.annotations import DataError
+from data.cached_folder import CachedFolder
 from data.condition_maps import MapOptions, build_maps
 from data.wsi import dihedral, to_model_range
 
@@ -35,6 +33,8 @@ ANNOTATIONS_DIR = "Annotations"
 IMAGE_SUFFIXES = (".tif", ".tiff")
 TILE_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 MASK_SUFFIXES = (".tif", ".tiff", ".png")
+BINARY_MASK_DIRS = ("labels", "bin_masks")
+BINARY_MASK_SUFFIXES = (".png", ".tif", ".tiff")
 MIN_AREA = 30
 # How far (px) a vertex may lie outside the image before the annotation is taken for another image's.
 COORDINATE_SLACK = 4.0
@@ -128,16 +128,20 @@ def binary_mask(inst: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """uint8 H x W x 3 of a TIFF or PNG (an alpha channel is dropped); DataError when it is not RGB(A)."""
+def read_pixels(path: Path, what: str) -> np.ndarray:
+    """The pixel array of a TIFF (tifffile) or PNG (PIL); DataError naming the file and `what` it should hold."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            image = tifffile.imread(path)
-        else:
-            with Image.open(path) as handle:
-                image = np.asarray(handle)
+            return tifffile.imread(path)
+        with Image.open(path) as handle:
+            return np.asarray(handle)
     except (OSError, ValueError, tifffile.TiffFileError) as error:
-        raise DataError(f"{path}: cannot read the image ({error})") from None
+        raise DataError(f"{path}: cannot read the {what} ({error})") from None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """uint8 H x W x 3 of a TIFF or PNG (an alpha channel is dropped); DataError when it is not RGB(A)."""
+    image = read_pixels(path, "image")
     if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
         raise DataError(f"{path}: expected an 8-bit RGB image, got {image.dtype} with shape {image.shape}")
     return np.ascontiguousarray(image[..., :3])
@@ -145,19 +149,22 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def read_instance_mask(path: Path) -> np.ndarray:
     """int64 H x W instance ids of a TIFF or PNG label image."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            mask = tifffile.imread(path)
-        else:
-            with Image.open(path) as handle:
-                mask = np.asarray(handle)
-    except (OSError, ValueError, tifffile.TiffFileError) as error:
-        raise DataError(f"{path}: cannot read the instance mask ({error})") from None
+    mask = read_pixels(path, "instance mask")
     if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
         raise DataError(f"{path}: expected a 2-D integer instance mask, got {mask.dtype} with shape {mask.shape}")
     if mask.min(initial=0) < 0:
         raise DataError(f"{path}: instance ids must be >= 0")
     return mask.astype(np.int64)
+
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    """bool H x W nucleus mask (non-zero pixels) of a TIFF or PNG; colour masks count their brightest channel."""
+    mask = np.squeeze(read_pixels(path, "mask"))
+    if mask.ndim == 3:
+        mask = mask.max(axis=-1)
+    if mask.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D mask, got an array of shape {mask.shape}")
+    return mask > 0
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -243,29 +250,6 @@ def write_tiles(
     return count
 
 
-def matching_tiles(out_dir: Path, record: dict) -> bool:
-    """True if `out_dir` holds tiles made with `record`; DataError if it holds anything else."""
-    if not out_dir.exists():
-        return False
-    saved = out_dir / "tiling.json"
-    if not saved.is_file():
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
-            return False
-        raise DataError(f"{out_dir}: exists and holds no MoNuSeg tiles (no tiling.json); choose another folder")
-    try:
-        found = json.loads(saved.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"{saved}: unreadable tiling record ({error}); remove the folder {out_dir}") from None
-    found.pop("tiles", None)
-    if found != record:
-        changed = sorted(k for k in record if found.get(k) != record[k])
-        raise DataError(
-            f"{out_dir}: holds tiles made with other parameters (differing: {', '.join(changed)}); "
-            "remove the folder or choose another output folder"
-        )
-    return True
-
-
 def tile_monuseg(
     root: str | Path,
     out_dir: str | Path,
@@ -285,25 +269,18 @@ def tile_monuseg(
         raise DataError(f"tile size and stride: expected positive numbers of pixels, got {size} and {stride}")
     if min_area < 0:
         raise DataError(f"min_area: expected >= 0 pixels, got {min_area}")
-    record = tiling_record(root, size, stride, min_area)
-    if matching_tiles(out_dir, record):
+    tiles = CachedFolder(
+        root=out_dir,
+        params=tiling_record(root, size, stride, min_area),
+        record_name="tiling.json",
+        what="MoNuSeg tiling",
+        option="output folder",
+        results=("tiles",),
+    )
+    if tiles.matches():
         return out_dir
     pairs = monuseg_pairs(root)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        folder = staging / "tiles"
-        count = write_tiles(pairs, folder, size, stride, min_area, progress)
-        (folder / "tiling.json").write_text(json.dumps({**record, "tiles": count}, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(folder, out_dir)
-    except OSError:
-        if not matching_tiles(out_dir, record):
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+    return tiles.build(lambda folder: {"tiles": write_tiles(pairs, folder, size, stride, min_area, progress)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,10 +321,61 @@ def list_tiles(tiled_dir: str | Path) -> list[str]:
     return list(tile_files(tiled_dir))
 
 
+def binary_mask_folder(tiled_dir: Path) -> Path | None:
+    """The folder of binary nucleus masks of a tiled folder: labels/, else bin_masks/, else None."""
+    return next((tiled_dir / name for name in BINARY_MASK_DIRS if (tiled_dir / name).is_dir()), None)
+
+
+def masks_of(images: Sequence[str], folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    """The file in `folder` named like each image stem; DataError naming the first one missing."""
+    found = files_by_stem(folder, suffixes)
+    for stem in images:
+        if stem not in found:
+            raise DataError(f"{folder / (stem + suffixes[0])}: missing (every image needs a mask of the same name)")
+    return {stem: found[stem] for stem in images}
+
+
+def mask_tile_files(tiled_dir: str | Path) -> dict[str, tuple[Path, Path | None, Path | None]]:
+    """(image, binary mask, instance mask) of every tile of a tiled folder, keyed by stem in sorted order.
+
+    The folder holds images/ with binary masks in labels/ or bin_masks/ (labels/ wins), instance masks in
+    inst_masks/, or both; a mask is None where its folder is absent. Masks without an image are ignored.
+    """
+    root = Path(tiled_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (expected images/ and bin_masks/ or labels/)")
+    image_dir = root / "images"
+    if not image_dir.is_dir():
+        raise DataError(f"{root}: no images/ folder (expected images/*.png with bin_masks/ or labels/)")
+    binary_dir = binary_mask_folder(root)
+    instance_dir = root / "inst_masks" if (root / "inst_masks").is_dir() else None
+    if binary_dir is None and instance_dir is None:
+        raise DataError(f"{root}: no masks (expected a labels/, bin_masks/ or inst_masks/ folder next to images/)")
+    images = files_by_stem(image_dir, TILE_IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{image_dir}: no images ({', '.join(TILE_IMAGE_SUFFIXES)})")
+    binary = masks_of(list(images), binary_dir, BINARY_MASK_SUFFIXES) if binary_dir else {}
+    instances = masks_of(list(images), instance_dir, MASK_SUFFIXES) if instance_dir else {}
+    return {stem: (images[stem], binary.get(stem), instances.get(stem)) for stem in sorted(images)}
+
+
 def source_of(name: str) -> str:
     """The source image of a tile named `{stem}_{y}_{x}` (the name itself for other names)."""
     match = TILE_NAME.match(name)
     return match.group("source") if match else name
+
+
+def held_out_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """round(fraction * n) of the n distinct `groups`, drawn by `seed`; at least one and never all when
+    `fraction` > 0 and n >= 2, none otherwise."""
+    distinct = sorted(set(groups))
+    count = int(round(fraction * len(distinct)))
+    if fraction > 0 and len(distinct) >= 2:
+        count = min(max(count, 1), len(distinct) - 1)
+    else:
+        count = 0
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    return {distinct[i] for i in order[:count]}
 
 
 def split_names(names: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -358,14 +386,7 @@ def split_names(names: Sequence[str], val_fraction: float, seed: int) -> tuple[l
     """
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val_fraction: expected a share in [0, 1), got {val_fraction}")
-    sources = sorted({source_of(n) for n in names})
-    count = int(round(val_fraction * len(sources)))
-    if val_fraction > 0 and len(sources) >= 2:
-        count = min(max(count, 1), len(sources) - 1)
-    else:
-        count = 0
-    order = np.random.default_rng(seed).permutation(len(sources))
-    val_sources = {sources[i] for i in order[:count]}
+    val_sources = held_out_groups([source_of(n) for n in names], val_fraction, seed)
     train = [n for n in names if source_of(n) not in val_sources]
     val = [n for n in names if source_of(n) in val_sources]
     return train, val

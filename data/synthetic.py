@@ -7,14 +7,9 @@ follow a realistic H&E palette. Slides are written as pyramidal tiled TIFFs that
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import json
-import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +22,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from data.annotations import DataError
+from data.cached_folder import CachedFolder
+from data.generator_cli import generator_main
 
 MITOTIC_CLASS = "Mitotic figure"
 LOOKALIKE_CLASS = "Mitotic figure lookalike"
@@ -611,9 +608,8 @@ def describe(config: SyntheticConfig) -> str:
 
 
 def build_dataset(folder: Path, config: SyntheticConfig, progress: bool) -> None:
-    """Write every file of a dataset into an empty `folder`, the parameter record last."""
+    """Write every slide, the database, the split file and the README into the empty `folder`."""
     paths = synthetic_paths(folder)
-    folder.mkdir()
     paths["slides_dir"].mkdir()
     paths["database"].parent.mkdir()
     slides, objects = [], []
@@ -636,47 +632,20 @@ def build_dataset(folder: Path, config: SyntheticConfig, progress: bool) -> None
             val = config.num_slides >= 2 and index == config.num_slides - 1
             writer.writerow([name, "val" if val else "train"])
     (folder / "README.txt").write_text(describe(config))
-    record = {"format": FORMAT_VERSION, **asdict(config)}
-    (folder / "synthetic.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def existing_parameters(root: Path) -> dict | None:
-    """The parameter record of a complete dataset in `root`, or None when there is none."""
-    record = root / "synthetic.json"
-    if not record.is_file():
-        return None
-    try:
-        params = json.loads(record.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"{record}: unreadable parameter record ({error}); remove the folder {root}") from error
-    paths = synthetic_paths(root)
-    names = [slide_name(i) for i in range(int(params.get("num_slides", 0)))]
-    complete = paths["database"].is_file() and paths["splits"].is_file()
-    complete = complete and all((paths["slides_dir"] / name).is_file() for name in names)
-    if not complete:
-        raise DataError(f"{root}: synthetic dataset is incomplete (files missing); remove the folder and regenerate")
-    return params
-
-
-def matching_dataset(root: Path, config: SyntheticConfig) -> bool:
-    """True if `root` holds a complete dataset with these parameters; DataError if it holds anything else."""
-    if not root.exists():
-        return False
-    if not root.is_dir():
-        raise DataError(f"{root}: expected a folder for the synthetic dataset, found a file")
-    params = existing_parameters(root)
-    if params is None:
-        if any(root.iterdir()):
-            raise DataError(f"{root}: folder is not empty and holds no synthetic dataset (no synthetic.json)")
-        return False
-    wanted = {"format": FORMAT_VERSION, **asdict(config)}
-    if params != wanted:
-        changed = sorted(k for k in wanted if params.get(k) != wanted[k])
-        raise DataError(
-            f"{root}: holds a synthetic dataset made with other parameters (differing: {', '.join(changed)}); "
-            "remove the folder or choose another --data_root"
-        )
-    return True
+def dataset_folder(root: Path, config: SyntheticConfig) -> CachedFolder:
+    """The generated folder `root` of a dataset made with `config`, recorded in synthetic.json."""
+    relative = synthetic_paths(Path())
+    slides = [relative["slides_dir"] / slide_name(i) for i in range(config.num_slides)]
+    return CachedFolder(
+        root=root,
+        params={"format": FORMAT_VERSION, **asdict(config)},
+        record_name="synthetic.json",
+        what="synthetic dataset",
+        option="--data_root",
+        required=[str(p) for p in (relative["database"], relative["splits"], *slides)],
+    )
 
 
 def generate_synthetic_dataset(
@@ -684,56 +653,18 @@ def generate_synthetic_dataset(
 ) -> Path:
     """Generate the dataset into `root` atomically; do nothing if it is already there with `config`."""
     config.validate()
-    root = Path(root)
-    if matching_dataset(root, config):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
-        build_dataset(staging / "dataset", config, progress)
-        if root.exists():
-            root.rmdir()
-        os.replace(staging / "dataset", root)
-    except OSError:
-        if not matching_dataset(root, config):
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    return dataset_folder(Path(root), config).reuse_or_build(lambda folder: build_dataset(folder, config, progress))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: generate a dataset into --root; exit status 2 with one message on bad input."""
-    parser = argparse.ArgumentParser(description="Generate the synthetic H&E demo dataset.")
-    defaults = SyntheticConfig()
-    parser.add_argument("--root", required=True, help="folder to write (created; left alone if already complete)")
-    parser.add_argument("--num_slides", type=int, default=defaults.num_slides)
-    parser.add_argument("--size", type=int, default=defaults.size, help="slide width and height in px")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--mpp", type=float, default=defaults.mpp)
-    parser.add_argument("--mitotic_per_slide", type=int, default=defaults.mitotic_per_slide)
-    parser.add_argument("--lookalike_per_slide", type=int, default=defaults.lookalike_per_slide)
-    parser.add_argument("--nuclei_density", type=float, default=defaults.nuclei_density)
-    parser.add_argument("--disagreement", type=float, default=defaults.disagreement)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    config = SyntheticConfig(
-        num_slides=args.num_slides,
-        size=args.size,
-        seed=args.seed,
-        mpp=args.mpp,
-        mitotic_per_slide=args.mitotic_per_slide,
-        lookalike_per_slide=args.lookalike_per_slide,
-        nuclei_density=args.nuclei_density,
-        disagreement=args.disagreement,
+    return generator_main(
+        argv,
+        "Generate the synthetic H&E demo dataset.",
+        SyntheticConfig,
+        generate_synthetic_dataset,
+        {"size": "slide width and height in px"},
     )
-    try:
-        root = generate_synthetic_dataset(args.root, config, progress=not args.quiet)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(root)
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,12 +6,7 @@ with a polygon traced around its own mask, so reading the XML back reproduces th
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shutil
 import sys
-import tempfile
 import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +18,8 @@ from skimage.measure import find_contours
 from tqdm import tqdm
 
 from data.annotations import DataError
+from data.cached_folder import CachedFolder
+from data.generator_cli import generator_main
 from data.monuseg import ANNOTATIONS_DIR, IMAGES_DIR, MIN_AREA
 from data.synthetic import Canvas, local_grid, rotate, smooth_noise, soft_inside, stain_to_rgb, stroma
 
@@ -244,8 +241,8 @@ def image_stem(index: int) -> str:
 
 
 def build_set(folder: Path, config: SyntheticMonusegConfig, progress: bool) -> None:
-    """Write every image and annotation into a new `folder`, the parameter record last."""
-    (folder / IMAGES_DIR).mkdir(parents=True)
+    """Write every image, its annotation and the README into the empty `folder`."""
+    (folder / IMAGES_DIR).mkdir()
     (folder / ANNOTATIONS_DIR).mkdir()
     for index in tqdm(range(config.num_images), desc="synthetic MoNuSeg", disable=not progress):
         rng = np.random.default_rng([config.seed, index])
@@ -261,43 +258,19 @@ def build_set(folder: Path, config: SyntheticMonusegConfig, progress: bool) -> N
         f"per 256 x 256 px, annotated as ImageScope XML polygons in '{ANNOTATIONS_DIR}/', painted from seed "
         f"{config.seed}. The images are artificial and carry no patient data.\n"
     )
-    record = {"format": FORMAT_VERSION, **asdict(config)}
-    (folder / "synthetic_monuseg.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def matching_set(root: Path, config: SyntheticMonusegConfig) -> bool:
-    """True if `root` holds a complete set made with `config`; DataError if it holds anything else."""
-    if not root.exists():
-        return False
-    if not root.is_dir():
-        raise DataError(f"{root}: expected a folder for the synthetic MoNuSeg set, found a file")
-    record = root / "synthetic_monuseg.json"
-    if not record.is_file():
-        if any(root.iterdir()):
-            raise DataError(
-                f"{root}: folder is not empty and holds no synthetic MoNuSeg set (no synthetic_monuseg.json)"
-            )
-        return False
-    try:
-        params = json.loads(record.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"{record}: unreadable parameter record ({error}); remove the folder {root}") from None
-    wanted = {"format": FORMAT_VERSION, **asdict(config)}
-    if params != wanted:
-        changed = sorted(k for k in wanted if params.get(k) != wanted[k])
-        raise DataError(
-            f"{root}: holds a synthetic MoNuSeg set made with other parameters (differing: {', '.join(changed)}); "
-            "remove the folder or choose another --root"
-        )
+def set_folder(root: Path, config: SyntheticMonusegConfig) -> CachedFolder:
+    """The generated folder `root` of a set made with `config`, recorded in synthetic_monuseg.json."""
     stems = [image_stem(i) for i in range(config.num_images)]
-    complete = all(
-        (root / IMAGES_DIR / f"{s}.tif").is_file() and (root / ANNOTATIONS_DIR / f"{s}.xml").is_file() for s in stems
+    return CachedFolder(
+        root=root,
+        params={"format": FORMAT_VERSION, **asdict(config)},
+        record_name="synthetic_monuseg.json",
+        what="synthetic MoNuSeg set",
+        option="--root",
+        required=[f"{IMAGES_DIR}/{s}.tif" for s in stems] + [f"{ANNOTATIONS_DIR}/{s}.xml" for s in stems],
     )
-    if not complete:
-        raise DataError(
-            f"{root}: synthetic MoNuSeg set is incomplete (files missing); remove the folder and regenerate"
-        )
-    return True
 
 
 def generate_synthetic_monuseg(
@@ -305,52 +278,23 @@ def generate_synthetic_monuseg(
 ) -> Path:
     """Generate the set into `root` atomically; do nothing if it is already there with `config`."""
     config.validate()
-    root = Path(root)
-    if matching_set(root, config):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
-        build_set(staging / "set", config, progress)
-        if root.exists():
-            root.rmdir()
-        os.replace(staging / "set", root)
-    except OSError:
-        if not matching_set(root, config):
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    return set_folder(Path(root), config).reuse_or_build(lambda folder: build_set(folder, config, progress))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: generate a set into --root; exit status 2 with one message on bad input."""
-    defaults = SyntheticMonusegConfig()
-    parser = argparse.ArgumentParser(description="Generate synthetic H&E tiles in the MoNuSeg layout.")
-    parser.add_argument("--root", required=True, help="folder to write (created; left alone if already complete)")
-    parser.add_argument("--num_images", type=int, default=defaults.num_images)
-    parser.add_argument("--size", type=int, default=defaults.size, help="image width and height in px")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--min_nuclei", type=int, default=defaults.min_nuclei, help="per 256 x 256 px")
-    parser.add_argument("--max_nuclei", type=int, default=defaults.max_nuclei, help="per 256 x 256 px")
-    parser.add_argument("--mpp", type=float, default=defaults.mpp, help="microns per pixel written to the XML")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    config = SyntheticMonusegConfig(
-        num_images=args.num_images,
-        size=args.size,
-        seed=args.seed,
-        min_nuclei=args.min_nuclei,
-        max_nuclei=args.max_nuclei,
-        mpp=args.mpp,
+    return generator_main(
+        argv,
+        "Generate synthetic H&E tiles in the MoNuSeg layout.",
+        SyntheticMonusegConfig,
+        generate_synthetic_monuseg,
+        {
+            "size": "image width and height in px",
+            "min_nuclei": "per 256 x 256 px",
+            "max_nuclei": "per 256 x 256 px",
+            "mpp": "microns per pixel written to the XML",
+        },
     )
-    try:
-        root = generate_synthetic_monuseg(args.root, config, progress=not args.quiet)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(root)
-    return 0
 
 
 if __name__ == "__main__":

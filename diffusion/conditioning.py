@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+
+from diffusion.network_inputs import forced_drop, positive_int
 
 
 class ConditionEmbedding(nn.Module):
@@ -14,9 +16,7 @@ class ConditionEmbedding(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        if dim <= 0:
-            raise ValueError(f"dim must be a positive integer, got {dim}")
-        self.dim = dim
+        self.dim = positive_int("dim", dim)
         self.null_embedding = nn.Parameter(torch.randn(dim) * 0.02)
 
     def embed(self, value: Tensor) -> Tensor:
@@ -58,7 +58,27 @@ class ScoreEmbedding(ConditionEmbedding):
         return self.mlp(value.to(self.mlp[0].weight.dtype))
 
 
-CONDITION_EMBEDDINGS: dict[str, type[ConditionEmbedding]] = {"score": ScoreEmbedding}
+class LabelEmbedding(ConditionEmbedding):
+    """Discrete condition (class or cluster id in 0..num_labels-1): an embedding table."""
+
+    def __init__(self, dim: int, num_labels: int) -> None:
+        super().__init__(dim)
+        self.num_labels = positive_int("num_labels (needed by the label condition)", num_labels)
+        self.table = nn.Embedding(num_labels, dim)
+
+    def embed(self, value: Tensor) -> Tensor:
+        if value.dim() != 1:
+            raise ValueError(f"label must have shape (B,), got {tuple(value.shape)}")
+        value = value.long()
+        if bool(((value < 0) | (value >= self.num_labels)).any()):
+            raise ValueError(f"labels must lie in 0..{self.num_labels - 1}, got {sorted(set(value.tolist()))}")
+        return self.table(value)
+
+
+CONDITION_EMBEDDINGS: dict[str, Callable[[int, int], ConditionEmbedding]] = {
+    "score": lambda dim, num_labels: ScoreEmbedding(dim),
+    "label": lambda dim, num_labels: LabelEmbedding(dim, num_labels),
+}
 
 
 def _resolve_drop_prob(conditions: Sequence[str], drop_prob: float | Mapping[str, float]) -> dict[str, float]:
@@ -84,7 +104,9 @@ def _resolve_drop_prob(conditions: Sequence[str], drop_prob: float | Mapping[str
 class ConditionEmbedder(nn.Module):
     """Sum of the embeddings of the named conditions, each dropped to its null with its own probability in training."""
 
-    def __init__(self, conditions: Sequence[str], dim: int, drop_prob: float | Mapping[str, float] = 0.0) -> None:
+    def __init__(
+        self, conditions: Sequence[str], dim: int, drop_prob: float | Mapping[str, float] = 0.0, num_labels: int = 0
+    ) -> None:
         super().__init__()
         conditions = list(conditions)
         if not conditions:
@@ -97,11 +119,11 @@ class ConditionEmbedder(nn.Module):
         self.conditions = conditions
         self.dim = dim
         self.drop_prob = _resolve_drop_prob(conditions, drop_prob)
-        self.embeddings = nn.ModuleDict({name: CONDITION_EMBEDDINGS[name](dim) for name in conditions})
+        self.embeddings = nn.ModuleDict({name: CONDITION_EMBEDDINGS[name](dim, num_labels) for name in conditions})
 
     def forward(self, cond: Mapping[str, Tensor] | None, batch: int, drop_cond: Tensor | None = None) -> Tensor:
         device = self.embeddings[self.conditions[0]].null_embedding.device
-        forced = self._forced_drop(drop_cond, batch, device)
+        forced = forced_drop(drop_cond, batch, device)
         cond = {} if cond is None else cond
         total: Tensor | None = None
         for name in self.conditions:
@@ -121,16 +143,3 @@ class ConditionEmbedder(nn.Module):
                 embedded = module(cond[name].to(device), use_null)
             total = embedded if total is None else total + embedded
         return total
-
-    @staticmethod
-    def _forced_drop(drop_cond: Tensor | bool | None, batch: int, device: torch.device) -> Tensor:
-        """Rows whose every condition is replaced by its null, as a bool tensor (B,)."""
-        if drop_cond is None:
-            return torch.zeros(batch, dtype=torch.bool, device=device)
-        if isinstance(drop_cond, bool):
-            return torch.full((batch,), drop_cond, dtype=torch.bool, device=device)
-        if drop_cond.dtype != torch.bool or tuple(drop_cond.shape) != (batch,):
-            raise ValueError(
-                f"drop_cond must be a bool tensor of shape ({batch},), got {drop_cond.dtype} {tuple(drop_cond.shape)}"
-            )
-        return drop_cond.to(device)

@@ -16,8 +16,26 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from diffusion.network_inputs import (
+    batch_timesteps,
+    channel_multipliers,
+    check_image_batch,
+    dropout_rate,
+    flag,
+    forced_drop,
+    level_resolutions,
+    positive_int,
+)
 from diffusion.spade import SPADE
-from diffusion.unet import AttentionBlock, Downsample, Upsample, group_norm, timestep_embedding
+from diffusion.unet import (
+    AttentionBlock,
+    Downsample,
+    Upsample,
+    group_norm,
+    time_mlp,
+    timestep_embedding,
+    zero_conv,
+)
 
 RESAMPLE_MODES = (None, "down", "up")
 
@@ -108,41 +126,6 @@ class Stage(nn.ModuleList):
         return x
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
-def _timesteps(t: Tensor | float, batch: int, device: torch.device) -> Tensor:
-    """Timesteps as a float tensor (B,); a scalar is shared by the whole batch."""
-    t = torch.as_tensor(t, device=device)
-    if t.dim() == 0:
-        t = t.expand(batch)
-    if tuple(t.shape) != (batch,):
-        raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-    return t.float()
-
-
-def _forced_drop(drop_cond: Tensor | bool | None, batch: int, device: torch.device) -> Tensor:
-    """Rows whose semantic map is replaced by the null (zero) map, as a bool tensor (B,)."""
-    if drop_cond is None:
-        return torch.zeros(batch, dtype=torch.bool, device=device)
-    if isinstance(drop_cond, bool):
-        return torch.full((batch,), drop_cond, dtype=torch.bool, device=device)
-    if drop_cond.dtype != torch.bool or tuple(drop_cond.shape) != (batch,):
-        raise ValueError(
-            f"drop_cond must be a bool tensor of shape ({batch},), got {drop_cond.dtype} {tuple(drop_cond.shape)}"
-        )
-    return drop_cond.to(device)
-
-
 class SDMUNet(nn.Module):
     """Noise-prediction UNet whose decoder follows a semantic layout through SPADE (semantic diffusion)."""
 
@@ -171,31 +154,19 @@ class SDMUNet(nn.Module):
                             ("model_channels", model_channels), ("num_res_blocks", num_res_blocks),
                             ("num_head_channels", num_head_channels), ("semantic_channels", semantic_channels),
                             ("spade_hidden", spade_hidden)]:
-            _positive_int(name, value)
-        channel_mult = [_positive_int("channel_mult entries", m) for m in channel_mult]
-        if not channel_mult:
-            raise ValueError("channel_mult must list at least one channel multiplier")
-        flags = {name: _flag(name, value) for name, value in [
+            positive_int(name, value)
+        channel_mult = channel_multipliers("channel_mult", channel_mult)
+        flags = {name: flag(name, value) for name, value in [
             ("resblock_updown", resblock_updown), ("use_scale_shift_norm", use_scale_shift_norm),
             ("use_checkpoint", use_checkpoint), ("concat_semantic", concat_semantic)]}
         if isinstance(conditions, str) or list(conditions) != ["semantic"]:
             raise ValueError(f"conditions must be ['semantic'] (the only condition of this model), got {conditions!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        dropout = dropout_rate(dropout)
         if not 0.0 <= float(cond_drop_prob) <= 1.0:
             raise ValueError(f"cond_drop_prob must lie in [0, 1], got {cond_drop_prob}")
-        self.downsample_factor = 2 ** (len(channel_mult) - 1)
-        if image_size % self.downsample_factor:
-            raise ValueError(
-                f"image_size={image_size} must be divisible by 2**(len(channel_mult)-1) = {self.downsample_factor}"
-            )
-        resolutions = [image_size // 2**level for level in range(len(channel_mult))]
-        attention_resolutions = [int(r) for r in attention_resolutions]
-        never = sorted(set(attention_resolutions) - set(resolutions))
-        if never:
-            raise ValueError(
-                f"attention_resolutions {never} never occur; feature-map sizes of this UNet are {resolutions}"
-            )
+        self.downsample_factor, resolutions, attention_resolutions = level_resolutions(
+            image_size, channel_mult, attention_resolutions, ("channel_mult", "attention_resolutions")
+        )
         attention_mults = [m for m, r in zip(channel_mult, resolutions) if r in attention_resolutions]
         attention_channels = {model_channels * m for m in [*attention_mults, channel_mult[-1]]}
         undivided = sorted(c for c in attention_channels if c % num_head_channels)
@@ -209,7 +180,7 @@ class SDMUNet(nn.Module):
             "image_size": image_size, "in_channels": in_channels, "out_channels": out_channels,
             "model_channels": model_channels, "channel_mult": list(channel_mult), "num_res_blocks": num_res_blocks,
             "attention_resolutions": list(attention_resolutions), "num_head_channels": num_head_channels,
-            "dropout": float(dropout), "semantic_channels": semantic_channels, "spade_hidden": spade_hidden, **flags,
+            "dropout": dropout, "semantic_channels": semantic_channels, "spade_hidden": spade_hidden, **flags,
             "cond_drop_prob": float(cond_drop_prob), "conditions": ["semantic"],
         }
         self.conditions = ("semantic",)
@@ -219,9 +190,7 @@ class SDMUNet(nn.Module):
         self.cond_drop_prob = float(cond_drop_prob)
         self.concat_semantic = concat_semantic
         emb_dim = 4 * model_channels
-        self.time_mlp = nn.Sequential(
-            nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
+        self.time_mlp = time_mlp(model_channels, emb_dim)
 
         def block(c_in: int, c_out: int, resample: str | None = None, semantic: bool = False) -> ResBlock:
             return ResBlock(c_in, c_out, emb_dim, dropout, use_scale_shift_norm, resample,
@@ -269,9 +238,7 @@ class SDMUNet(nn.Module):
                 self.output_blocks.append(Stage(layers, use_checkpoint))
 
         self.out_norm = group_norm(channels)
-        self.final_conv = nn.Conv2d(channels, out_channels, 3, padding=1)
-        nn.init.zeros_(self.final_conv.weight)
-        nn.init.zeros_(self.final_conv.bias)
+        self.final_conv = zero_conv(channels, out_channels)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -285,9 +252,9 @@ class SDMUNet(nn.Module):
         cond: Mapping[str, Tensor] | None = None,
         drop_cond: Tensor | bool | None = None,
     ) -> Tensor:
-        self._check_input(x)
+        check_image_batch(x, self.in_channels, self.downsample_factor)
         batch = x.shape[0]
-        emb = self.time_mlp(timestep_embedding(_timesteps(t, batch, x.device), self.model_channels))
+        emb = self.time_mlp(timestep_embedding(batch_timesteps(t, batch, x.device), self.model_channels))
         seg = self.semantic_map(x, cond, drop_cond)
 
         h = self.input_conv(torch.cat([x, seg], dim=1) if self.concat_semantic else x)
@@ -305,7 +272,7 @@ class SDMUNet(nn.Module):
     ) -> Tensor:
         """cond["semantic"] with the dropped rows (forced, or drawn with cond_drop_prob in training) set to zero."""
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]
-        forced = _forced_drop(drop_cond, batch, x.device)
+        forced = forced_drop(drop_cond, batch, x.device)
         cond = {} if cond is None else cond
         if "semantic" not in cond:
             if not bool(forced.all()):
@@ -323,11 +290,3 @@ class SDMUNet(nn.Module):
             drop = drop | (torch.rand(batch, device=x.device) < self.cond_drop_prob)
         seg = seg.to(device=x.device, dtype=x.dtype)
         return torch.where(rearrange(drop, "b -> b 1 1 1"), torch.zeros_like(seg), seg)
-
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if x.shape[2] % self.downsample_factor or x.shape[3] % self.downsample_factor:
-            raise ValueError(
-                f"x height and width must be divisible by {self.downsample_factor}, got {tuple(x.shape[2:])}"
-            )

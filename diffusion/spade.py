@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusion.network_inputs import positive_int
 from diffusion.unet import norm_groups
 
 
@@ -18,8 +19,7 @@ class SPADE(nn.Module):
     def __init__(self, channels: int, semantic_channels: int, hidden: int = 128) -> None:
         super().__init__()
         for name, value in [("channels", channels), ("semantic_channels", semantic_channels), ("hidden", hidden)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, value)
         self.semantic_channels = semantic_channels
         self.norm = nn.GroupNorm(norm_groups(channels), channels, affine=False)
         self.shared = nn.Sequential(nn.Conv2d(semantic_channels, hidden, 3, padding=1, bias=False), nn.ReLU())

@@ -13,6 +13,14 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from diffusion.conditioning import ConditionEmbedder
+from diffusion.network_inputs import (
+    batch_timesteps,
+    channel_multipliers,
+    check_image_batch,
+    dropout_rate,
+    level_resolutions,
+    positive_int,
+)
 
 
 def norm_groups(channels: int, max_groups: int = 32) -> int:
@@ -33,6 +41,19 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     if dim % 2:
         embedding = F.pad(embedding, (0, 1))
     return embedding
+
+
+def time_mlp(dim: int, emb_dim: int) -> nn.Sequential:
+    """Linear -> SiLU -> Linear from the (B, dim) sinusoidal timestep embedding to the (B, emb_dim) embedding."""
+    return nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+
+def zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A 3x3 output conv with zero weights and bias, so a freshly built network predicts zeros."""
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
 
 
 class ResBlock(nn.Module):
@@ -112,12 +133,6 @@ class EmbedSequential(nn.ModuleList):
         return x
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 class UNet(nn.Module):
     """Noise-prediction UNet conditioned on timesteps and on vector conditions (e.g. a mitosis score)."""
 
@@ -135,28 +150,17 @@ class UNet(nn.Module):
         conditions: Sequence[str] = ("score",),
         cond_drop_prob: float | Mapping[str, float] = 0.1,
         mid_attention: bool = True,
+        num_labels: int = 0,
     ) -> None:
         super().__init__()
-        dim_mults = [_positive_int("dim_mults entries", m) for m in dim_mults]
-        if not dim_mults:
-            raise ValueError("dim_mults must list at least one channel multiplier")
+        dim_mults = channel_multipliers("dim_mults", dim_mults)
         for name, value in [("image_size", image_size), ("in_channels", in_channels), ("out_channels", out_channels),
                             ("dim", dim), ("num_res_blocks", num_res_blocks), ("num_head_channels", num_head_channels)]:
-            _positive_int(name, value)
-        self.downsample_factor = 2 ** (len(dim_mults) - 1)
-        if image_size % self.downsample_factor:
-            raise ValueError(
-                f"image_size={image_size} must be divisible by 2**(len(dim_mults)-1) = {self.downsample_factor}"
-            )
-        resolutions = [image_size // 2**level for level in range(len(dim_mults))]
-        attn_resolutions = [int(r) for r in attn_resolutions]
-        never = sorted(set(attn_resolutions) - set(resolutions))
-        if never:
-            raise ValueError(
-                f"attn_resolutions {never} never occur; feature-map sizes of this UNet are {resolutions}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+            positive_int(name, value)
+        self.downsample_factor, resolutions, attn_resolutions = level_resolutions(
+            image_size, dim_mults, attn_resolutions, ("dim_mults", "attn_resolutions")
+        )
+        dropout = dropout_rate(dropout)
         conditions = [str(name) for name in conditions]
         cond_drop_prob = dict(cond_drop_prob) if isinstance(cond_drop_prob, Mapping) else float(cond_drop_prob)
 
@@ -164,14 +168,14 @@ class UNet(nn.Module):
             "image_size": image_size, "in_channels": in_channels, "out_channels": out_channels, "dim": dim,
             "dim_mults": list(dim_mults), "num_res_blocks": num_res_blocks,
             "attn_resolutions": list(attn_resolutions), "num_head_channels": num_head_channels,
-            "dropout": float(dropout), "conditions": list(conditions), "cond_drop_prob": cond_drop_prob,
-            "mid_attention": bool(mid_attention),
+            "dropout": dropout, "conditions": list(conditions), "cond_drop_prob": cond_drop_prob,
+            "mid_attention": bool(mid_attention), "num_labels": int(num_labels),
         }
         self.in_channels = in_channels
         self.dim = dim
         emb_dim = 4 * dim
-        self.time_mlp = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.cond_embed = ConditionEmbedder(conditions, emb_dim, cond_drop_prob) if conditions else None
+        self.time_mlp = time_mlp(dim, emb_dim)
+        self.cond_embed = ConditionEmbedder(conditions, emb_dim, cond_drop_prob, num_labels) if conditions else None
 
         self.init_conv = nn.Conv2d(in_channels, dim, 3, padding=1)
         channels = dim
@@ -208,9 +212,7 @@ class UNet(nn.Module):
                 self.up.append(EmbedSequential(layers))
 
         self.out_norm = group_norm(channels)
-        self.final_conv = nn.Conv2d(channels, out_channels, 3, padding=1)
-        nn.init.zeros_(self.final_conv.weight)
-        nn.init.zeros_(self.final_conv.bias)
+        self.final_conv = zero_conv(channels, out_channels)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -224,9 +226,9 @@ class UNet(nn.Module):
         cond: Mapping[str, Tensor] | None = None,
         drop_cond: Tensor | bool | None = None,
     ) -> Tensor:
-        self._check_input(x)
+        check_image_batch(x, self.in_channels, self.downsample_factor)
         batch = x.shape[0]
-        emb = self.time_mlp(timestep_embedding(self._timesteps(t, batch, x.device), self.dim))
+        emb = self.time_mlp(timestep_embedding(batch_timesteps(t, batch, x.device), self.dim))
         if self.cond_embed is not None:
             emb = emb + self.cond_embed(cond, batch, drop_cond)
 
@@ -239,24 +241,6 @@ class UNet(nn.Module):
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.final_conv(F.silu(self.out_norm(h)))
-
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if x.shape[2] % self.downsample_factor or x.shape[3] % self.downsample_factor:
-            raise ValueError(
-                f"x height and width must be divisible by {self.downsample_factor}, got {tuple(x.shape[2:])}"
-            )
-
-    @staticmethod
-    def _timesteps(t: Tensor | float, batch: int, device: torch.device) -> Tensor:
-        """Timesteps as a float tensor (B,); a scalar is shared by the whole batch."""
-        t = torch.as_tensor(t, device=device)
-        if t.dim() == 0:
-            t = t.expand(batch)
-        if tuple(t.shape) != (batch,):
-            raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-        return t.float()
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

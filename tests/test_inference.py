@@ -111,6 +111,6 @@ def test_inference_errors(trained, tmp_path, capsys, kind):
     }[kind]
     assert inference.main(argv + ["--out_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and {"missing_ckpt": "does not exist", "classifier_as_diffusion": "sampling needs a diffusion or sdm checkpoint",
+    assert err.startswith("error: ") and {"missing_ckpt": "does not exist", "classifier_as_diffusion": "sampling needs a diffusion, sdm, ldm or autoencoder checkpoint",
                                           "bad_conditions": "--conditions"}[kind] in err
     assert not (tmp_path / "o").exists()

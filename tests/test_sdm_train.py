@@ -109,7 +109,7 @@ def test_sdm_flags_are_checked_against_the_checkpoint(monuseg_root, tmp_path, ca
     run_dir = train.run(sdm_args(monuseg_root, tmp_path))
     argv = ["--ckpt", str(run_dir / "last.pt"), "--conditions", "0:1:3", "--out_dir", str(tmp_path / "o")]
     assert inference.main(argv) == 2
-    assert "for diffusion checkpoints" in capsys.readouterr().err
+    assert "not for sdm checkpoints" in capsys.readouterr().err
     argv = ["--ckpt", str(run_dir / "last.pt"), "--shuffle_masks", "--match_struct", "--out_dir", str(tmp_path / "o")]
     assert inference.main(argv) == 2
     assert not (tmp_path / "o").exists()

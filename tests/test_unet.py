@@ -206,7 +206,7 @@ def test_bad_call_arguments_are_errors():
         (dict(image_size=18, dim_mults=(1, 2, 2)), "image_size=18 must be divisible"),
         (dict(attn_resolutions=(4,)), "attn_resolutions"),
         (dict(num_head_channels=5), "num_head_channels"),
-        (dict(conditions=("score", "colour")), "known conditions are \\['score'\\]"),
+        (dict(conditions=("score", "colour")), "known conditions are \\['label', 'score'\\]"),
         (dict(conditions=("score", "score")), "repeat"),
         (dict(cond_drop_prob=1.5), "drop_prob"),
         (dict(cond_drop_prob={"label": 0.1}), "drop_prob"),
@@ -293,3 +293,21 @@ def test_a_few_training_steps_reduce_a_score_dependent_loss():
 @pytest.mark.parametrize("channels, groups", [(16, 16), (64, 32), (48, 24), (3, 3), (40, 20)])
 def test_norm_groups_divide_the_channels(channels, groups):
     assert norm_groups(channels) == groups
+
+
+def test_label_condition_embeds_ids_and_rejects_unknown_ones():
+    torch.manual_seed(0)
+    model = UNet(image_size=16, dim=16, dim_mults=(1, 2), attn_resolutions=(), num_head_channels=16,
+                 conditions=("label",), num_labels=3).eval()
+    torch.nn.init.normal_(model.final_conv.weight, std=0.05)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 5])
+    a = model(x, t, {"label": torch.tensor([0, 0])})
+    b = model(x, t, {"label": torch.tensor([2, 2])})
+    assert not torch.allclose(a, b)
+    same = x[:1].repeat(2, 1, 1, 1)
+    null = model(same, t, {"label": torch.tensor([0, 2])}, drop_cond=torch.tensor([True, True]))
+    torch.testing.assert_close(null[0], null[1])
+    with pytest.raises(ValueError, match="labels must lie in 0..2"):
+        model(x, t, {"label": torch.tensor([0, 3])})
+    with pytest.raises(ValueError, match="num_labels"):
+        UNet(image_size=16, dim=16, dim_mults=(1, 2), attn_resolutions=(), num_head_channels=16, conditions=("label",))

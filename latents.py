@@ -1,0 +1,161 @@
+"""Latent-space sampling and export: LDM tiles per cluster or paired with real tiles; autoencoder
+reconstructions with PSNR/SSIM, and latent features of the training tiles for clustering."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from diffusion.gaussian_diffusion import GaussianDiffusion
+from diffusion.guidance import classifier_free_guidance
+from diffusion.latent import LatentDiffusion
+from diffusion.respace import respace, space_timesteps
+from diffusion.samplers import ddim_sample, ddpm_sample
+from figures import labelled_grid, to_uint8
+from synthesis import Respacing
+from tasks import psnr, ssim_batch
+
+FEATURE_GRID = 4
+
+
+@torch.no_grad()
+def sample_latent_tiles(
+    model: LatentDiffusion,
+    diffusion: GaussianDiffusion,
+    labels: torch.Tensor | None,
+    count: int,
+    scale: float,
+    respacing: Respacing,
+    generator: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """`count` tiles in [-1, 1] (labels: one cluster id per tile, or None for an unconditional model)."""
+    unet = model.unet.config
+    shape = (count, unet["in_channels"], unet["image_size"], unet["image_size"])
+    z_T = torch.randn(shape, generator=generator, device=generator.device).to(device)
+    cond = {"label": labels.to(device)} if labels is not None else {}
+    guided = unet["in_channels"] if diffusion.learn_sigma else None
+    model_fn = classifier_free_guidance(model, cond, scale if labels is not None else 1.0, guided_channels=guided)
+    if respacing.sampler == "ddim":
+        z = ddim_sample(diffusion, model_fn, z_T, steps=int(respacing.spec), generator=generator)
+    else:
+        z = ddpm_sample(respace(diffusion, space_timesteps(diffusion.num_timesteps, respacing.spec)), model_fn, z_T, generator=generator)
+    return model.decode(z).float().cpu()
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    Image.fromarray(to_uint8(image)).save(path)
+
+
+def generate_per_cluster(
+    model: LatentDiffusion,
+    diffusion: GaussianDiffusion,
+    cluster_ids: Sequence[int] | None,
+    per_cluster: int,
+    scale: float,
+    respacing: Respacing,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    folder: Path,
+) -> int:
+    """per_cluster tiles for each cluster id (or per_cluster unconditional tiles) + grid.png + samples.csv."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    groups = list(cluster_ids) if cluster_ids is not None else [None]
+    rows, grid = [], []
+    bar = tqdm(total=len(groups) * per_cluster, desc="ldm samples")
+    for cluster in groups:
+        sub = folder / ("samples" if cluster is None else f"cluster_{cluster:02d}")
+        sub.mkdir(parents=True)
+        tiles = []
+        for first in range(0, per_cluster, batch_size):
+            count = min(batch_size, per_cluster - first)
+            labels = None if cluster is None else torch.full((count,), cluster, dtype=torch.long)
+            images = sample_latent_tiles(model, diffusion, labels, count, scale, respacing, generator, device)
+            for k, image in enumerate(images):
+                name = f"{sub.name}_{first + k:05d}.png"
+                save_png(image, sub / name)
+                rows.append({"file": f"{sub.name}/{name}", "cluster": "" if cluster is None else cluster, "seed": seed})
+            tiles.extend(images)
+            bar.update(count)
+        grid.append(tiles[:8])
+    bar.close()
+    write_rows(folder / "samples.csv", rows)
+    captions = [[("unconditional" if c is None else f"cluster {c}")] * len(r) for c, r in zip(groups, grid)]
+    labelled_grid(grid, captions, scale=1 if grid[0][0].shape[-1] >= 96 else 2, caption_lines=1).save(folder / "grid.png")
+    return len(rows)
+
+
+def generate_paired(
+    model: LatentDiffusion,
+    diffusion: GaussianDiffusion,
+    tiles: Dataset,
+    scale: float,
+    respacing: Respacing,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    folder: Path,
+) -> int:
+    """For every tile, one generated from that tile's cluster, under the same file name in generated/ and real/."""
+    (folder / "generated").mkdir(parents=True)
+    (folder / "real").mkdir(parents=True)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    rows = []
+    for batch in tqdm(DataLoader(tiles, batch_size=batch_size, shuffle=False), desc="paired ldm samples"):
+        labels = batch.get("label")
+        images = sample_latent_tiles(model, diffusion, labels, len(batch["image"]), scale, respacing, generator, device)
+        for k, image in enumerate(images):
+            name = f"{batch['meta']['name'][k]}.png"
+            save_png(image, folder / "generated" / name)
+            save_png(batch["image"][k], folder / "real" / name)
+            rows.append({"file": name, "cluster": "" if labels is None else int(labels[k]), "seed": seed})
+    write_rows(folder / "samples.csv", rows)
+    return len(rows)
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@torch.no_grad()
+def reconstruct(autoencoder: torch.nn.Module, tiles: Dataset, batch_size: int, device: torch.device, folder: Path) -> dict[str, float]:
+    """Reconstructions of every tile (reconstructions/), per-tile PSNR and SSIM (metrics.csv) and a grid."""
+    (folder / "reconstructions").mkdir(parents=True)
+    rows, first = [], None
+    for batch in tqdm(DataLoader(tiles, batch_size=batch_size, shuffle=False), desc="reconstructions"):
+        x = batch["image"].to(device)
+        recon = autoencoder.decode(autoencoder.encode(x)).float().clamp(-1, 1)
+        for k, (p, s) in enumerate(zip(psnr(recon, x).tolist(), ssim_batch(recon, x))):
+            name = batch["meta"]["name"][k]
+            save_png(recon[k].cpu(), folder / "reconstructions" / f"{name}.png")
+            rows.append({"tile": name, "psnr": round(p, 4), "ssim": round(s, 5)})
+        if first is None:
+            first = (x[:8].cpu(), recon[:8].cpu())
+    write_rows(folder / "metrics.csv", rows)
+    real, recon = first
+    labelled_grid([list(real), list(recon)], [["real"] * len(real), ["reconstruction"] * len(real)],
+                  scale=1 if real.shape[-1] >= 96 else 2, caption_lines=1).save(folder / "grid.png")
+    return {"psnr": sum(r["psnr"] for r in rows) / len(rows), "ssim": sum(r["ssim"] for r in rows) / len(rows)}
+
+
+@torch.no_grad()
+def export_features(autoencoder: torch.nn.Module, tiles: Dataset, batch_size: int, device: torch.device, path: Path) -> int:
+    """Latent features of every tile: the latent average-pooled to a 4 x 4 grid, flattened (tile, f0, f1, ...)."""
+    rows = []
+    for batch in tqdm(DataLoader(tiles, batch_size=batch_size, shuffle=False), desc="latent features"):
+        z = autoencoder.encode(batch["image"].to(device)).float()
+        pooled = F.adaptive_avg_pool2d(z, FEATURE_GRID).flatten(1).cpu()
+        for name, vector in zip(batch["meta"]["name"], pooled):
+            rows.append({"tile": name, **{f"f{i}": round(float(v), 6) for i, v in enumerate(vector)}})
+    write_rows(path, rows)
+    return len(rows)
