@@ -11,7 +11,8 @@ import yaml
 WSI_DATASETS = ("canine", "meningioma", "midog", "synthetic")
 LAYOUT_DATASETS = ("monuseg", "synthetic_monuseg")
 TILE_DATASETS = ("npy", "synthetic_tiles")
-DATASETS = WSI_DATASETS + LAYOUT_DATASETS + TILE_DATASETS
+PCAM_DATASETS = ("pcam", "synthetic_pcam")
+DATASETS = WSI_DATASETS + LAYOUT_DATASETS + TILE_DATASETS + PCAM_DATASETS
 CLASSIFIERS = ("resnet18", "resnet34", "resnet50")
 AUTOENCODERS = ("vqvae", "autoencoder_kl")
 DIFFUSION_TYPES = ("diffusion", "sdm", "ldm")
@@ -25,6 +26,7 @@ GROUP_MODELS: dict[str, frozenset[str]] = {
     "wsi data": frozenset(("diffusion",) + CLASSIFIERS),
     "layout data": frozenset({"sdm"}),
     "tile data": frozenset(AUTOENCODERS + ("ldm",)),
+    "pcam data": frozenset({"diffusion"}),
     "clusters": frozenset({"sdm", "ldm"}),
     "train": ALL,
     "classifier": frozenset(CLASSIFIERS),
@@ -38,11 +40,12 @@ GROUP_MODELS: dict[str, frozenset[str]] = {
 }
 # Which data sets each model type trains on.
 MODEL_DATA = {
-    **{m: WSI_DATASETS for m in ("diffusion",) + CLASSIFIERS},
+    "diffusion": WSI_DATASETS + PCAM_DATASETS,
+    **{m: WSI_DATASETS for m in CLASSIFIERS},
     "sdm": LAYOUT_DATASETS,
     **{m: TILE_DATASETS for m in AUTOENCODERS + ("ldm",)},
 }
-CONDITIONS = {"diffusion": ("score",), "ldm": ("label",)}
+CONDITIONS = {"diffusion": ("score", "label"), "ldm": ("label",)}
 
 
 class ConfigError(ValueError):
@@ -135,6 +138,9 @@ OPTIONS: tuple[Option, ...] = (
     # tile stacks
     O("stack_slice", int, 0, "which slice S of an (N, S, H, W, 3) stack", None, "tile data"),
     O("test_size", int, 1000, "the last N tiles of the stack are the held-out test split", None, "tile data"),
+    # PatchCamelyon
+    O("pcam_crop", int, None, "centre crop of the 96 px PatchCamelyon patches (32 in the PCam DDPM work)", None, "pcam data"),
+    O("class_filter", int, None, "train on one PatchCamelyon class only (0 non-cancerous, 1 cancerous)", None, "pcam data"),
     # clusters
     O("cluster_file", str, None, "cluster CSV: sdm trains on --cluster_id of cluster.py's tiles; ldm takes every tile's cluster as its label", None, "clusters"),
     # optimisation
@@ -173,8 +179,9 @@ OPTIONS: tuple[Option, ...] = (
     O("num_res_blocks", int, 2, "residual blocks per level", None, "diffusion"),
     O("attention_resolutions", int_list, [16], "feature-map sizes with self-attention", None, "diffusion"),
     O("num_head_channels", int, 32, "channels per attention head", None, "diffusion"),
+    O("mid_attention", flag_bool, True, "self-attention in the UNet's middle block (score and ldm UNets)", None, "conditioned diffusion"),
     O("dropout", float, 0.0, "dropout in residual blocks", None, "diffusion"),
-    O("conditions", str_list, None, "conditions the UNet takes: diffusion score (default) or none; ldm label (cluster id) or none (default)", None, "conditioned diffusion"),
+    O("conditions", str_list, None, "conditions the UNet takes: score (WSI data, the default there), label (class or cluster id), or none", None, "conditioned diffusion"),
     # sdm
     O("spade_hidden", int, 128, "hidden channels of each SPADE block's convolutions", None, "sdm"),
     O("use_checkpoint", flag_bool, False, "gradient checkpointing (less memory, more compute)", None, "sdm"),
@@ -310,7 +317,11 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"--cond_drop_prob must be in [0, 1], got {config['cond_drop_prob']}")
         if model_type in CONDITIONS:
             if config["conditions"] is None:
-                config["conditions"] = list(CONDITIONS[model_type]) if model_type == "diffusion" else []
+                config["conditions"] = ["score"] if config["dataset"] in WSI_DATASETS else []
+            wanted = {"score": WSI_DATASETS, "label": PCAM_DATASETS + TILE_DATASETS}
+            for name in set(config["conditions"]) & set(wanted):
+                if config["dataset"] not in wanted[name]:
+                    raise ConfigError(f"--conditions {name} needs --dataset {' or '.join(wanted[name])}, not {config['dataset']}")
             unknown = sorted(set(config["conditions"]) - set(CONDITIONS[model_type]))
             if unknown:
                 raise ConfigError(f"--conditions: unknown condition(s) {unknown}; {model_type} takes: {', '.join(CONDITIONS[model_type])} or none")

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from config import LAYOUT_DATASETS, TILE_DATASETS, map_settings
+from config import LAYOUT_DATASETS, PCAM_DATASETS, TILE_DATASETS, map_settings
 from data.annotations import Annotation, ClassMap, DataError
 from data.condition_maps import MapOptions
 from data.meningioma import read_meningioma
 from data.midog import midog_summary, read_midog_json
+from data.pcam import PCamH5, PCamKaggle, is_pcam_h5, is_pcam_kaggle, kaggle_split, make_fake_pcam_h5, read_kaggle_labels
 from data.npy_stack import TileStack, labels_from_csv, open_stack, tiles_from_slides, write_stack
 from data.monuseg import LayoutPatches, is_tiled_folder, list_tiles, split_names, tile_monuseg
 from data.sliderunner import read_sliderunner, sliderunner_summary
@@ -235,8 +236,43 @@ def stack_split(config: dict[str, Any], split: str, labels: bool = False) -> Til
     return TileStack(tile_stack_path(config), split, test_size=config["test_size"], slice_index=config["stack_slice"], labels=cluster_labels)
 
 
+PCAM_FAKE_COUNT = 400
+
+
+def pcam_root(config: dict[str, Any]) -> Path:
+    """PatchCamelyon files (h5 or Kaggle layout); the synthetic set is written in the h5 layout when missing."""
+    root = Path(config["data_root"] or Path("data") / config["dataset"])
+    if config["dataset"] == "synthetic_pcam" and not is_pcam_h5(root):
+        print(f"writing a synthetic PatchCamelyon set (h5 layout) into {root}", file=sys.stderr)
+        make_fake_pcam_h5(root, PCAM_FAKE_COUNT, config["seed"])
+    return root
+
+
+def build_pcam_datasets(config: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
+    """PatchCamelyon train / validation patches, optionally centre-cropped and restricted to one class."""
+    root = pcam_root(config)
+    size = config["pcam_crop"] or 96
+    if "tile_size" in config.get("explicit", ()) and config["tile_size"] != size:
+        raise DataError(f"--tile_size {config['tile_size']} differs from the PatchCamelyon patch size {size} (set --pcam_crop)")
+    config["tile_size"] = size
+    common = {"crop": config["pcam_crop"], "label_filter": config["class_filter"]}
+    if is_pcam_h5(root):
+        train = PCamH5(root, "train", augment=config["augment"], seed=config["seed"], **common)
+        val = PCamH5(root, "valid", **common)
+    elif is_pcam_kaggle(root):
+        ids = list(read_kaggle_labels(root / "train_labels.csv"))
+        train_ids, val_ids = kaggle_split(ids, config["val_fraction"], config["seed"])
+        train = PCamKaggle(root, train_ids, augment=config["augment"], seed=config["seed"], **common)
+        val = PCamKaggle(root, val_ids, **common)
+    else:
+        raise DataError(f"{root}: expected PatchCamelyon h5 files (camelyonpatch_level_2_split_*_x.h5) or the Kaggle layout (train/, train_labels.csv)")
+    return ShuffledStream(train, config["seed"]), val
+
+
 def build_datasets(config: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
     """Training stream and validation set for the config's data set."""
+    if config["dataset"] in PCAM_DATASETS:
+        return build_pcam_datasets(config)
     if config["dataset"] in LAYOUT_DATASETS:
         return build_layout_datasets(config)
     if config["dataset"] in TILE_DATASETS:

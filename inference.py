@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     sdm.add_argument("--masks", help="tiled layout folder (images/, inst_masks/) to take layouts from (default: the checkpoint's training tiles)")
     sdm.add_argument("--shuffle_masks", action="store_true", help="use every layout once in a seeded random order before repeating")
     sdm.add_argument("--match_struct", action="store_true", help="use the layouts in order, so the set mirrors the real one")
-    ldm = p.add_argument_group("ldm checkpoints: tiles per cluster (guidance: --cfg_scale)")
-    ldm.add_argument("--cluster_ids", type=int, nargs="+", help="clusters to generate (default: every cluster the model knows)")
-    ldm.add_argument("--num_per_cluster", type=int, help="tiles per cluster, or in all for an unconditional model (default 8)")
+    ldm = p.add_argument_group("ldm and label-conditioned diffusion checkpoints: tiles per cluster or class (guidance: --cfg_scale)")
+    ldm.add_argument("--cluster_ids", "--class_ids", dest="cluster_ids", type=int, nargs="+", help="clusters / classes to generate (default: all the model knows)")
+    ldm.add_argument("--num_per_cluster", "--num_per_class", dest="num_per_cluster", type=int, help="tiles per cluster or class, or in all for an unconditional model (default 8)")
     ldm.add_argument("--paired", action="store_true", help="one tile per training tile, from its cluster, under its file name (generated/ and real/)")
     return p
 
@@ -186,14 +186,17 @@ def single_checkpoint(args: argparse.Namespace, model_type: str) -> None:
         raise ConfigError(f"--ckpt: {model_type} checkpoints are sampled one at a time")
 
 
-def run_ldm(args: argparse.Namespace, loaded: LoadedModel, device: torch.device) -> None:
-    single_checkpoint(args, "ldm")
+def run_tiles(args: argparse.Namespace, loaded: LoadedModel, device: torch.device) -> None:
+    """Tiles per class or cluster id (latent diffusion, or a label-conditioned / unconditional pixel model)."""
+    single_checkpoint(args, loaded.model_type)
     respacing = sampling_choice(args)
     scale = args.cfg_scale if args.cfg_scale is not None else 1.0
     num_labels = loaded.model_config["unet"].get("num_labels", 0)
     conditioned = "label" in loaded.model_config["unet"]["conditions"]
     out = Path(args.out_dir)
     if args.paired:
+        if loaded.model_type != "ldm":
+            raise ConfigError("--paired pairs generated with real tiles of a tile stack: it is for ldm checkpoints")
         if args.cluster_ids or args.num_per_cluster:
             raise ConfigError("--paired makes one tile per training tile: it takes no --cluster_ids or --num_per_cluster")
         tiles = stack_split(loaded.config, "train", labels=conditioned)
@@ -202,7 +205,7 @@ def run_ldm(args: argparse.Namespace, loaded: LoadedModel, device: torch.device)
         print(f"{count['n']} generated tiles paired by file name with the real ones: {out / 'generated'}, {out / 'real'}")
         return
     if args.cluster_ids and not conditioned:
-        raise ConfigError(f"--cluster_ids: {loaded.path} is an unconditional ldm (trained without --conditions label)")
+        raise ConfigError(f"--cluster_ids: {loaded.path} is an unconditional model (trained without --conditions label)")
     ids = args.cluster_ids if args.cluster_ids else (list(range(num_labels)) if conditioned else None)
     bad = [c for c in ids or [] if not 0 <= c < num_labels]
     if bad:
@@ -231,7 +234,16 @@ def run_autoencoder(args: argparse.Namespace, loaded: LoadedModel, device: torch
     print(f"latent features of {result['features']} training tiles: {out / 'features.csv'} (input of cluster_validation.py)")
 
 
-RUNNERS = {"diffusion": run_transitions, "sdm": run_synthesis, "ldm": run_ldm, "vqvae": run_autoencoder, "autoencoder_kl": run_autoencoder}
+RUNNERS = {"diffusion": run_transitions, "sdm": run_synthesis, "ldm": run_tiles, "vqvae": run_autoencoder, "autoencoder_kl": run_autoencoder}
+
+
+def runner_for(loaded: LoadedModel) -> tuple[str, Callable]:
+    """Score-conditioned pixel models render transition sequences; label-conditioned or unconditional ones
+    generate tiles per class, like latent diffusion."""
+    kind = loaded.model_type
+    if kind == "diffusion" and "score" not in loaded.model_config["unet"]["conditions"]:
+        return "ldm", run_tiles
+    return kind, RUNNERS[kind]
 
 
 def run(argv: Sequence[str] | None = None) -> Path:
@@ -241,8 +253,9 @@ def run(argv: Sequence[str] | None = None) -> Path:
     first = load_checkpoint(args.ckpt[0], device)
     if first.model_type not in RUNNERS:
         raise ConfigError(f"--ckpt {args.ckpt[0]} holds a {first.model_type} classifier; sampling needs a diffusion, sdm, ldm or autoencoder checkpoint")
-    check_flags(args, first.model_type, first.path)
-    RUNNERS[first.model_type](args, first, device)
+    kind, runner = runner_for(first)
+    check_flags(args, kind, first.path)
+    runner(args, first, device)
     return Path(args.out_dir)
 
 

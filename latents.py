@@ -1,4 +1,4 @@
-"""Latent-space sampling and export: LDM tiles per cluster or paired with real tiles; autoencoder
+"""Tiles per class or cluster (pixel or latent diffusion), tiles paired with real ones; autoencoder
 reconstructions with PSNR/SSIM, and latent features of the training tiles for clustering."""
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ FEATURE_GRID = 4
 
 
 @torch.no_grad()
-def sample_latent_tiles(
-    model: LatentDiffusion,
+def sample_tiles(
+    model: torch.nn.Module,
     diffusion: GaussianDiffusion,
     labels: torch.Tensor | None,
     count: int,
@@ -35,8 +35,11 @@ def sample_latent_tiles(
     generator: torch.Generator,
     device: torch.device,
 ) -> torch.Tensor:
-    """`count` tiles in [-1, 1] (labels: one cluster id per tile, or None for an unconditional model)."""
-    unet = model.unet.config
+    """`count` tiles in [-1, 1] (labels: one class or cluster id per tile, or None for an unconditional model).
+
+    Works for pixel-space models and for latent diffusion, whose samples are decoded by its autoencoder.
+    """
+    unet = model.config
     shape = (count, unet["in_channels"], unet["image_size"], unet["image_size"])
     z_T = torch.randn(shape, generator=generator, device=generator.device).to(device)
     cond = {"label": labels.to(device)} if labels is not None else {}
@@ -46,7 +49,8 @@ def sample_latent_tiles(
         z = ddim_sample(diffusion, model_fn, z_T, steps=int(respacing.spec), generator=generator)
     else:
         z = ddpm_sample(respace(diffusion, space_timesteps(diffusion.num_timesteps, respacing.spec)), model_fn, z_T, generator=generator)
-    return model.decode(z).float().cpu()
+    decoded = model.decode(z) if isinstance(model, LatentDiffusion) else z
+    return decoded.float().clamp(-1, 1).cpu()
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -77,7 +81,7 @@ def generate_per_cluster(
         for first in range(0, per_cluster, batch_size):
             count = min(batch_size, per_cluster - first)
             labels = None if cluster is None else torch.full((count,), cluster, dtype=torch.long)
-            images = sample_latent_tiles(model, diffusion, labels, count, scale, respacing, generator, device)
+            images = sample_tiles(model, diffusion, labels, count, scale, respacing, generator, device)
             for k, image in enumerate(images):
                 name = f"{sub.name}_{first + k:05d}.png"
                 save_png(image, sub / name)
@@ -110,7 +114,7 @@ def generate_paired(
     rows = []
     for batch in tqdm(DataLoader(tiles, batch_size=batch_size, shuffle=False), desc="paired ldm samples"):
         labels = batch.get("label")
-        images = sample_latent_tiles(model, diffusion, labels, len(batch["image"]), scale, respacing, generator, device)
+        images = sample_tiles(model, diffusion, labels, len(batch["image"]), scale, respacing, generator, device)
         for k, image in enumerate(images):
             name = f"{batch['meta']['name'][k]}.png"
             save_png(image, folder / "generated" / name)

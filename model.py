@@ -19,6 +19,9 @@ from diffusion.sdm_unet import SDMUNet
 from diffusion.unet import UNet
 
 
+PCAM_CLASSES = 2
+
+
 def diffusion_settings(config: dict[str, Any]) -> dict[str, Any]:
     return {
         "schedule": config["schedule"],
@@ -47,6 +50,8 @@ def model_config_from(config: dict[str, Any]) -> dict[str, Any]:
             "dropout": config["dropout"],
             "conditions": list(config["conditions"]),
             "cond_drop_prob": config["cond_drop_prob"],
+            "mid_attention": config["mid_attention"],
+            "num_labels": PCAM_CLASSES if "label" in config["conditions"] else 0,
         }
         return {"unet": unet, "diffusion": diffusion_settings(config)}
     if model_type == "sdm":
@@ -104,6 +109,7 @@ def ldm_model_config(config: dict[str, Any], autoencoder: LoadedModel, scale_fac
         "dropout": config["dropout"],
         "conditions": list(config["conditions"]),
         "cond_drop_prob": config["cond_drop_prob"],
+        "mid_attention": config["mid_attention"],
         "num_labels": num_labels,
     }
     return {

@@ -76,6 +76,7 @@ def run(argv: Sequence[str] | None = None) -> Path:
     data_config = {**config, "seed": seed}
     start_batch = state["sampler_position"] if state else 0
     data = build_dataloaders(data_config, start_batch=start_batch)
+    config["tile_size"] = data_config["tile_size"]
 
     recipe = build_recipe(config, data, state, device, run_dir)
     if is_main():

@@ -18,7 +18,7 @@ from diffusion.guidance import classifier_free_guidance
 from diffusion.respace import respace, space_timesteps
 from diffusion.samplers import ddim_sample, ddpm_sample, sdedit_start
 from dataloader import build_datasets
-from figures import labelled_grid, score_plot
+from figures import labelled_grid, score_plot, to_uint8
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -165,6 +165,10 @@ def load_start_images(from_image: Sequence[str] | None, from_patch: Sequence[int
     return None, []
 
 
+def image_name(sequence: int, index: int) -> str:
+    return f"sequence_{sequence:03d}_{index:02d}.png"
+
+
 def write_outputs(folder: Path, images: torch.Tensor, conditions: list[float], probs: torch.Tensor, starts: list[str]) -> float:
     """Strips, grid, scores.csv and the score plot; returns the Spearman correlation."""
     s, k = images.shape[:2]
@@ -172,9 +176,12 @@ def write_outputs(folder: Path, images: torch.Tensor, conditions: list[float], p
     probs = probs.view(members, s, k)
     mean, std = probs.mean(0), probs.std(0, unbiased=False)
     (folder / "sequences").mkdir(parents=True)
+    (folder / "images").mkdir()
     captions_all, rows_all = [], []
     for i in range(s):
         row = [images[i, j] for j in range(k)]
+        for j in range(k):
+            Image.fromarray(to_uint8(images[i, j])).save(folder / "images" / image_name(i, j))
         caps = [f"c={c:.2f}\np={float(mean[i, j]):.2f}" for j, c in enumerate(conditions)]
         labelled_grid([row], [caps], scale=2).save(folder / "sequences" / f"sequence_{i:03d}.png")
         rows_all.append(row)
@@ -182,12 +189,12 @@ def write_outputs(folder: Path, images: torch.Tensor, conditions: list[float], p
     labelled_grid(rows_all, captions_all, scale=1 if images.shape[-1] >= 96 else 2).save(folder / "grid.png")
     with (folder / "scores.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["sequence", "condition", *[f"member_{m}" for m in range(members)], "mean", "std", "start"])
+        writer.writerow(["file", "sequence", "condition", *[f"member_{m}" for m in range(members)], "mean", "std", "start"])
         for i in range(s):
             for j, c in enumerate(conditions):
                 member_scores = [f"{float(probs[m, i, j]):.6f}" for m in range(members)]
                 start = starts[i % len(starts)] if starts else "noise"
-                writer.writerow([i, c, *member_scores, f"{float(mean[i, j]):.6f}", f"{float(std[i, j]):.6f}", start])
+                writer.writerow([f"images/{image_name(i, j)}", i, c, *member_scores, f"{float(mean[i, j]):.6f}", f"{float(std[i, j]):.6f}", start])
     cond = np.asarray(conditions)
     rho = spearman(np.tile(cond, s), mean.numpy().reshape(-1))
     score_plot(cond, mean.numpy(), folder / "score_vs_condition.png", f"{s} sequences, Spearman rho = {rho:.3f}")

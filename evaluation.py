@@ -1,0 +1,174 @@
+"""Metrics of generated against real images: loading image sets, pairing them, and each metric's computation."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from data.annotations import DataError
+from data.npy_stack import TileStack
+from diffusion.lpips import LPIPS
+from metrics.distribution import fid, kid, precision_recall
+from metrics.features import ClassifierFeatures, EfficientNetLite0Features, InceptionFeatures, extract
+from metrics.structural import ms_ssim, paired_scores, ssim, unpaired_scores
+from model import load_checkpoint, load_ensemble
+from transitions import spearman
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+METRICS = ("ssim", "ms_ssim", "lpips", "fid", "kid", "pr", "nll", "controllability")
+
+
+@dataclass
+class ImageSet:
+    """Images in [-1, 1] (N, 3, H, W) with a name each (relative path without suffix, or tile name)."""
+
+    images: torch.Tensor
+    names: list[str]
+    source: str
+
+
+def read_image(path: Path, size: int | None) -> torch.Tensor:
+    try:
+        image = Image.open(path).convert("RGB")
+    except OSError as err:
+        raise DataError(f"{path} is not a readable image ({err})") from None
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+def load_images(source: str | Path, size: int | None = None, limit: int | None = None, flag: str = "--real") -> ImageSet:
+    """A folder of images (searched recursively) or a .npy tile stack (every tile)."""
+    path = Path(source)
+    if path.suffix == ".npy":
+        stack = TileStack(path, "all", test_size=0)
+        count = len(stack) if limit is None else min(limit, len(stack))
+        images = torch.stack([stack[i]["image"] for i in range(count)])
+        if size is not None and images.shape[-1] != size:
+            images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+        return ImageSet(images, [stack[i]["meta"]["name"] for i in range(count)], str(path))
+    if not path.is_dir():
+        raise DataError(f"{flag} {path}: expected a folder of images or a .npy tile stack")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{flag} {path}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    files = files[:limit] if limit else files
+    images = [read_image(f, size) for f in tqdm(files, desc=f"reading {path.name}", leave=False)]
+    shapes = {tuple(im.shape) for im in images}
+    if len(shapes) > 1:
+        raise DataError(f"{flag} {path}: images of different sizes {sorted(shapes)[:3]}; pass --image_size to resize")
+    return ImageSet(torch.stack(images), [str(f.relative_to(path).with_suffix("")) for f in files], str(path))
+
+
+def pair_by_name(real: ImageSet, fake: ImageSet) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Real and fake images with the same names, in the same order, or None when the names do not match."""
+    index = {name: i for i, name in enumerate(real.names)}
+    common = [(index[n], i) for i, n in enumerate(fake.names) if n in index]
+    if not common or len(common) < len(fake.names):
+        return None
+    r, f = zip(*common)
+    return real.images[list(r)], fake.images[list(f)]
+
+
+def batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + batch].to(device), y[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
+
+
+def structural_metrics(real: ImageSet, fake: ImageSet, names: Sequence[str], paired: str, pairs: int, seed: int,
+                       batch: int, device: torch.device, lpips: LPIPS | None) -> tuple[dict[str, float], bool]:
+    """SSIM, MS-SSIM and LPIPS; paired by file name when the names match (or when --paired yes), else random pairs."""
+    matched = pair_by_name(real, fake) if paired != "no" else None
+    if paired == "yes" and matched is None:
+        raise DataError(f"--paired yes: the file names of {fake.source} are not all found in {real.source}")
+    fns = {"ssim": ssim, "ms_ssim": ms_ssim}
+    if lpips is not None:
+        lpips = lpips.to(device)
+        fns["lpips"] = lambda x, y: lpips(x, y)
+    out: dict[str, float] = {}
+    for name in names:
+        fn = fns[name]
+        wrapped = lambda x, y, fn=fn: batched(fn, x, y, batch, device)
+        if matched is not None:
+            scores = paired_scores(matched[0], matched[1], wrapped)
+        else:
+            scores = unpaired_scores(real.images, fake.images, wrapped, pairs=pairs, seed=seed)
+        out[name] = float(torch.as_tensor(scores).float().mean())
+    return out, matched is not None
+
+
+def feature_network(inception_weights: str | None, classifier_ckpt: str | None, device: torch.device):
+    if inception_weights and classifier_ckpt:
+        raise DataError("--inception_weights and --features contradict each other: give one feature network")
+    if inception_weights:
+        return InceptionFeatures(inception_weights)
+    if classifier_ckpt:
+        loaded = load_checkpoint(classifier_ckpt, device)
+        return ClassifierFeatures(loaded.model)
+    return EfficientNetLite0Features()
+
+
+def distribution_metrics(real: ImageSet, fake: ImageSet, names: Sequence[str], network, batch: int, device: torch.device,
+                         seed: int) -> dict[str, Any]:
+    """FID, KID and precision/recall on the features of `network` (labelled as not comparable with published FID)."""
+    network = network.to(device) if hasattr(network, "to") else network
+    batches = lambda images: (images[i : i + batch] for i in range(0, len(images), batch))
+    fr = extract(network, batches(real.images), device)
+    ff = extract(network, batches(fake.images), device)
+    out: dict[str, Any] = {"feature_network": network.name, "comparable_with_published_fid": bool(network.comparable_with_published)}
+    if "fid" in names:
+        out["fid"] = float(fid(fr, ff))
+    if "kid" in names:
+        mean, std = kid(fr, ff, seed=seed)
+        out["kid"], out["kid_std"] = float(mean), float(std)
+    if "pr" in names:
+        p, r = precision_recall(fr, ff)
+        out["precision"], out["recall"] = float(p), float(r)
+    return out
+
+
+def nll_bits_per_dim(ckpt: str, real: ImageSet, count: int, batch: int, device: torch.device) -> dict[str, float]:
+    """Variational bound of a pixel-space diffusion checkpoint on the first `count` real images, in bits/dim."""
+    loaded = load_checkpoint(ckpt, device)
+    if loaded.model_type not in ("diffusion",):
+        raise DataError(f"--nll_ckpt {ckpt} holds a {loaded.model_type} model; the bound needs an unconditional or class-conditional pixel diffusion model")
+    size = loaded.model_config["unet"]["image_size"]
+    images = real.images[:count]
+    if images.shape[-1] != size:
+        raise DataError(f"--nll_ckpt expects {size} px images; {real.source} has {images.shape[-1]} px (use --image_size {size})")
+    conditions = loaded.model_config["unet"]["conditions"]
+    diffusion = loaded.diffusion
+    totals = []
+    for i in tqdm(range(0, len(images), batch), desc="variational bound"):
+        x0 = images[i : i + batch].to(device)
+        drop = torch.ones(len(x0), dtype=torch.bool, device=device)
+        model_fn = lambda x, t: loaded.model(x, t, None, drop) if conditions else loaded.model(x, t)
+        totals.append(diffusion.variational_bound(model_fn, x0)["total_bpd"].cpu())
+    bpd = torch.cat(totals)
+    return {"nll_bpd": float(bpd.mean()), "nll_bpd_std": float(bpd.std()) if len(bpd) > 1 else 0.0, "nll_images": len(bpd)}
+
+
+def controllability(targets_csv: str, classifier_ckpts: list[str], batch: int, device: torch.device) -> dict[str, float]:
+    """Spearman correlation and AUC (target >= 0.5 as positive) of the ensemble's score against the target condition."""
+    path = Path(targets_csv)
+    if not path.is_file():
+        raise DataError(f"--targets {path} does not exist")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"file", "condition"} <= set(rows[0]):
+        raise DataError(f"--targets {path}: expected columns file,condition (as in inference.py's scores.csv)")
+    images = torch.stack([read_image(path.parent / r["file"], None) for r in rows])
+    target = np.array([float(r["condition"]) for r in rows])
+    ensemble, _ = load_ensemble(classifier_ckpts, device)
+    with torch.no_grad():
+        scores = torch.cat([ensemble(images[i : i + batch].to(device)).cpu() for i in range(0, len(images), batch)]).numpy()
+    positive = target >= 0.5
+    auc = float(roc_auc_score(positive, scores)) if 0 < positive.sum() < len(positive) else float("nan")
+    return {"controllability_spearman": spearman(target, scores), "controllability_auc": auc, "controllability_images": len(rows)}
