@@ -1,6 +1,6 @@
 """Ablations: train a grid of variants of one recipe for a fixed budget, evaluate each, tabulate and plot.
 
-python ablate.py --grid configs/ablation_pcam.yaml --out runs/ablation
+python ablate.py --grid configs/ablations/demo.yaml --out runs/ablation
 Run it again after an interruption: finished variants are kept, a half-trained one resumes where it stopped.
 """
 from __future__ import annotations

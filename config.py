@@ -313,6 +313,8 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
             config["learn_sigma"] = model_type == "sdm"
         if config["cond_drop_prob"] is None:
             config["cond_drop_prob"] = 0.2 if model_type == "sdm" else 0.1
+        if config["schedule"] == "linear" and config["timesteps"] <= 20:
+            raise ConfigError(f"--schedule linear needs --timesteps above 20 (its last beta is 20 / T), got {config['timesteps']}")
         if not 0.0 <= config["cond_drop_prob"] <= 1.0:
             raise ConfigError(f"--cond_drop_prob must be in [0, 1], got {config['cond_drop_prob']}")
         if model_type in CONDITIONS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -78,10 +78,6 @@ def pair_by_name(real: ImageSet, fake: ImageSet) -> tuple[torch.Tensor, torch.Te
     return real.images[list(r)], fake.images[list(f)]
 
 
-def batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    return torch.cat([fn(x[i : i + batch].to(device), y[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
-
-
 def structural_metrics(real: ImageSet, fake: ImageSet, names: Sequence[str], paired: str, pairs: int, seed: int,
                        batch: int, device: torch.device, lpips: LPIPS | None) -> tuple[dict[str, float], bool]:
     """SSIM, MS-SSIM and LPIPS; paired by file name when the names match (or when --paired yes), else random pairs."""
@@ -94,12 +90,11 @@ def structural_metrics(real: ImageSet, fake: ImageSet, names: Sequence[str], pai
         fns["lpips"] = lambda x, y: lpips(x, y)
     out: dict[str, float] = {}
     for name in names:
-        fn = fns[name]
-        wrapped = lambda x, y, fn=fn: batched(fn, x, y, batch, device)
+        on_device = lambda x, y, fn=fns[name]: fn(x.to(device), y.to(device)).float().cpu()
         if matched is not None:
-            scores = paired_scores(matched[0], matched[1], wrapped)
+            scores = paired_scores(matched[0], matched[1], on_device, batch_size=batch)
         else:
-            scores = unpaired_scores(real.images, fake.images, wrapped, pairs=pairs, seed=seed)
+            scores = unpaired_scores(real.images, fake.images, on_device, pairs=pairs, seed=seed, batch_size=batch)
         out[name] = float(torch.as_tensor(scores).float().mean())
     return out, matched is not None
 

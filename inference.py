@@ -28,6 +28,7 @@ from latents import export_features, generate_paired, generate_per_cluster, reco
 from model import LoadedModel, load_checkpoint, load_ensemble
 from runtime import pick_device
 from synthesis import Respacing, SynthesisJob, synthesise
+from trajectory import TrajectoryRecorder
 from transitions import SAMPLERS, SamplingOptions, load_start_images, parse_conditions, render_sequences, score_images, write_outputs
 
 TYPE_FLAGS = {
@@ -37,7 +38,7 @@ TYPE_FLAGS = {
     "vqvae": (),
     "autoencoder_kl": (),
 }
-SAMPLING_FLAGS = ("sampler", "steps", "timestep_respacing", "eta")
+SAMPLING_FLAGS = ("sampler", "steps", "timestep_respacing", "eta", "save_trajectory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--out_dir", default="outputs/samples", help="output folder (default outputs/samples)")
     common.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     common.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    common.add_argument("--save_trajectory", action="store_true", help="also write trajectory.gif: x_t and predicted x_0 of the first samples during the reverse process (pixel-space models)")
+    common.add_argument("--trajectory_every", type=int, default=10, help="record every k-th sampling step for --save_trajectory (default 10)")
     trans = p.add_argument_group("diffusion checkpoints: transition sequences")
     trans.add_argument("--classifier_ckpts", nargs="+", help="classifier checkpoints or folders of runs (e.g. model_weights/resnet/); required")
     trans.add_argument("--conditions", help="condition values: '0,0.5,1' or 'start:stop:count' (default 0:1:6)")
@@ -126,6 +129,22 @@ def staged(out: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def make_recorder(args: argparse.Namespace, model_type: str) -> TrajectoryRecorder | None:
+    if not args.save_trajectory:
+        return None
+    if model_type == "ldm":
+        raise ConfigError("--save_trajectory shows pixels: it is for pixel-space models (diffusion, sdm), not ldm latents")
+    if args.trajectory_every < 1:
+        raise ConfigError(f"--trajectory_every must be at least 1, got {args.trajectory_every}")
+    return TrajectoryRecorder(every=args.trajectory_every)
+
+
+def save_trajectory(recorder: TrajectoryRecorder | None, folder: Path) -> None:
+    if recorder is not None:
+        recorder.save_gif(folder / "trajectory.gif")
+        recorder.save_strip(folder / "trajectory.png")
+
+
 def run_transitions(args: argparse.Namespace, loaded: LoadedModel, device: torch.device) -> None:
     if len(args.ckpt) != 1:
         raise ConfigError("--ckpt: transition sequences take one diffusion checkpoint")
@@ -149,11 +168,18 @@ def run_transitions(args: argparse.Namespace, loaded: LoadedModel, device: torch
         starts = starts[torch.arange(num_sequences) % len(starts)]
     steps = int(respacing.spec) if respacing.spec.isdigit() else respacing.spec
     options = SamplingOptions(respacing.sampler, steps, args.eta, args.cfg_scale if args.cfg_scale is not None else 1.0, strength)
-    images = render_sequences(loaded.model, loaded.diffusion, conditions, num_sequences, size, args.seed, options, device, args.batch_size, starts)
+    recorder = make_recorder(args, loaded.model_type)
+    images = render_sequences(loaded.model, loaded.diffusion, conditions, num_sequences, size, args.seed, options, device,
+                              args.batch_size, starts, callback=recorder)
     probs = score_images(ensemble, images.flatten(0, 1), device)
     out = Path(args.out_dir)
     result: dict[str, float] = {}
-    staged(out, lambda folder: result.update(rho=write_outputs(folder, images, conditions, probs, start_names)))
+
+    def write(folder: Path) -> None:
+        result.update(rho=write_outputs(folder, images, conditions, probs, start_names))
+        save_trajectory(recorder, folder)
+
+    staged(out, write)
     print(f"ensemble of {len(member_files)}: " + ", ".join(str(f) for f in member_files))
     print(f"Spearman correlation of ensemble score and condition: {result['rho']:.3f}")
     print(f"pictures: {out / 'grid.png'}, {out / 'score_vs_condition.png'}, {out / 'sequences'}/; numbers: {out / 'scores.csv'}")
@@ -176,7 +202,14 @@ def run_synthesis(args: argparse.Namespace, first: LoadedModel, device: torch.de
     scales = args.s or [1.5]
     out = Path(args.out_dir)
     count: dict[str, int] = {}
-    staged(out, lambda folder: count.update(n=synthesise(jobs, layouts, scales, num_samples, args.batch_size, order, respacing, args.seed, device, folder)))
+    recorder = make_recorder(args, "sdm")
+
+    def write(folder: Path) -> None:
+        count.update(n=synthesise(jobs, layouts, scales, num_samples, args.batch_size, order, respacing, args.seed, device, folder,
+                                  callback=recorder))
+        save_trajectory(recorder, folder)
+
+    staged(out, write)
     print(f"{count['n']} tiles from {len(loaded)} checkpoint(s) x guidance {scales} into {out}: images/, labels/, inst_masks/, cond/")
     print(f"pictures: {out / 'grid.png'} (layout | generated | real); list: {out / 'samples.csv'}")
 
@@ -214,7 +247,14 @@ def run_tiles(args: argparse.Namespace, loaded: LoadedModel, device: torch.devic
     if per_cluster < 1:
         raise ConfigError(f"--num_per_cluster must be at least 1, got {per_cluster}")
     count = {}
-    staged(out, lambda folder: count.update(n=generate_per_cluster(loaded.model, loaded.diffusion, ids, per_cluster, scale, respacing, args.batch_size, args.seed, device, folder)))
+    recorder = make_recorder(args, loaded.model_type)
+
+    def write(folder: Path) -> None:
+        count.update(n=generate_per_cluster(loaded.model, loaded.diffusion, ids, per_cluster, scale, respacing, args.batch_size,
+                                            args.seed, device, folder, callback=recorder))
+        save_trajectory(recorder, folder)
+
+    staged(out, write)
     print(f"{count['n']} tiles into {out}; pictures: {out / 'grid.png'}; list: {out / 'samples.csv'}")
 
 

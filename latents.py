@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ def sample_tiles(
     respacing: Respacing,
     generator: torch.Generator,
     device: torch.device,
+    callback: Callable | None = None,
 ) -> torch.Tensor:
     """`count` tiles in [-1, 1] (labels: one class or cluster id per tile, or None for an unconditional model).
 
@@ -46,9 +47,10 @@ def sample_tiles(
     guided = unet["in_channels"] if diffusion.learn_sigma else None
     model_fn = classifier_free_guidance(model, cond, scale if labels is not None else 1.0, guided_channels=guided)
     if respacing.sampler == "ddim":
-        z = ddim_sample(diffusion, model_fn, z_T, steps=int(respacing.spec), generator=generator)
+        z = ddim_sample(diffusion, model_fn, z_T, steps=int(respacing.spec), generator=generator, callback=callback)
     else:
-        z = ddpm_sample(respace(diffusion, space_timesteps(diffusion.num_timesteps, respacing.spec)), model_fn, z_T, generator=generator)
+        process = respace(diffusion, space_timesteps(diffusion.num_timesteps, respacing.spec))
+        z = ddpm_sample(process, model_fn, z_T, generator=generator, callback=callback)
     decoded = model.decode(z) if isinstance(model, LatentDiffusion) else z
     return decoded.float().clamp(-1, 1).cpu()
 
@@ -68,6 +70,7 @@ def generate_per_cluster(
     seed: int,
     device: torch.device,
     folder: Path,
+    callback: Callable | None = None,
 ) -> int:
     """per_cluster tiles for each cluster id (or per_cluster unconditional tiles) + grid.png + samples.csv."""
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -81,7 +84,8 @@ def generate_per_cluster(
         for first in range(0, per_cluster, batch_size):
             count = min(batch_size, per_cluster - first)
             labels = None if cluster is None else torch.full((count,), cluster, dtype=torch.long)
-            images = sample_tiles(model, diffusion, labels, count, scale, respacing, generator, device)
+            images = sample_tiles(model, diffusion, labels, count, scale, respacing, generator, device,
+                                  callback if not rows else None)
             for k, image in enumerate(images):
                 name = f"{sub.name}_{first + k:05d}.png"
                 save_png(image, sub / name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tifffile
@@ -65,6 +66,7 @@ def sample_layouts(
     respacing: Respacing,
     generator: torch.Generator,
     learn_sigma: bool,
+    callback: Callable | None = None,
 ) -> torch.Tensor:
     """Images in [-1, 1] for a batch of condition maps, with guidance on the predicted mean only."""
     cond = {"semantic": semantic}
@@ -72,9 +74,9 @@ def sample_layouts(
     size = semantic.shape[-1]
     x_T = torch.randn((semantic.shape[0], 3, size, size), generator=generator, device=generator.device).to(semantic.device)
     if respacing.sampler == "ddim":
-        return ddim_sample(diffusion, model_fn, x_T, steps=int(respacing.spec), generator=generator)
+        return ddim_sample(diffusion, model_fn, x_T, steps=int(respacing.spec), generator=generator, callback=callback)
     process = respace(diffusion, space_timesteps(diffusion.num_timesteps, respacing.spec))
-    return ddpm_sample(process, model_fn, x_T, generator=generator)
+    return ddpm_sample(process, model_fn, x_T, generator=generator, callback=callback)
 
 
 def save_sample(folder: Path, name: str, image: torch.Tensor, inst_mask: np.ndarray, maps_picture: np.ndarray) -> None:
@@ -104,6 +106,7 @@ def synthesise(
     device: torch.device,
     folder: Path,
     grid_rows: int = 8,
+    callback: Callable | None = None,
 ) -> int:
     """Generate num_samples tiles per (checkpoint, guidance scale) into folder; returns the number written."""
     for sub in ("images", "labels", "inst_masks", "cond"):
@@ -118,7 +121,9 @@ def synthesise(
             for first in range(0, num_samples, batch_size):
                 batch = [layouts[i] for i in picks[first : first + batch_size]]
                 semantic = torch.stack([b["semantic"] for b in batch]).to(device)
-                images = sample_layouts(job.model, job.diffusion, semantic, scale, respacing, generator, job.learn_sigma)
+                first_batch = j == 0 and scale == scales[0] and first == 0
+                images = sample_layouts(job.model, job.diffusion, semantic, scale, respacing, generator, job.learn_sigma,
+                                        callback if first_batch else None)
                 for k, (sample, image) in enumerate(zip(batch, images.cpu())):
                     index = first + k
                     name = f"{job.label}_s{scale:g}_{index:05d}_{sample['meta']['name']}"

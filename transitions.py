@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ def sample_batch(
     generator: torch.Generator,
     options: SamplingOptions,
     start_images: torch.Tensor | None = None,
+    callback: Callable | None = None,
 ) -> torch.Tensor:
     """Sample one batch; with start_images, x_T is the noise added to them (SDEdit at options.strength)."""
     cond = {"score": scores} if "score" in model.config.get("conditions", ()) else {}
@@ -74,9 +75,10 @@ def sample_batch(
     if start_images is not None:
         x, t_start = sdedit_start(process, start_images, options.strength, x_T)
     if options.sampler == "ddpm":
-        return ddpm_sample(process, model_fn, x, generator=generator, noise_index=noise_index, t_start=t_start)
+        return ddpm_sample(process, model_fn, x, generator=generator, noise_index=noise_index, t_start=t_start, callback=callback)
     return ddim_sample(
-        process, model_fn, x, steps=int(options.steps), eta=options.eta, generator=generator, noise_index=noise_index, t_start=t_start
+        process, model_fn, x, steps=int(options.steps), eta=options.eta, generator=generator, noise_index=noise_index,
+        t_start=t_start, callback=callback,
     )
 
 
@@ -93,6 +95,7 @@ def render_sequences(
     sequences_per_batch: int = 8,
     start_images: torch.Tensor | None = None,
     progress: bool = True,
+    callback: Callable | None = None,
 ) -> torch.Tensor:
     """(S, K, 3, H, W) images in [-1, 1]; within sequence s every condition shares x_T and the per-step noise.
 
@@ -115,7 +118,7 @@ def render_sequences(
         starts = None
         if start_images is not None:
             starts = start_images[first : first + count].repeat_interleave(k, dim=0).to(device)
-        images = sample_batch(model, diffusion, x_T, scores, noise_index, step_gen, options, starts)
+        images = sample_batch(model, diffusion, x_T, scores, noise_index, step_gen, options, starts, callback if first == 0 else None)
         out.append(images.float().clamp(-1, 1).cpu().view(count, k, *images.shape[1:]))
     return torch.cat(out)
 

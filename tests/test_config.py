@@ -31,7 +31,8 @@ def test_classifier_defaults():
         (["--dataset", "synthetic", "--model_type", "resnet18", "--dim", "32"], "does not take --dim"),
         (["--dataset", "synthetic", "--model_type", "resnet18", "--loss_function", "l1"], "classifiers train with bce"),
         (["--dataset", "synthetic", "--model_type", "diffusion", "--loss_function", "bce"], "diffusion takes"),
-        (["--dataset", "synthetic", "--model_type", "diffusion", "--conditions", "label"], "unknown condition"),
+        (["--dataset", "synthetic", "--model_type", "diffusion", "--conditions", "colour"], "unknown condition"),
+        (["--dataset", "synthetic", "--model_type", "diffusion", "--conditions", "label"], "--conditions label needs --dataset pcam"),
         (["--dataset", "synthetic", "--model_type", "diffusion", "--mite_ratio", "1.5"], "--mite_ratio must be in"),
         (["--dataset", "synthetic", "--model_type", "diffusion", "--batch_size", "x"], "batch_size expects int"),
         (["--dataset", "nowhere", "--model_type", "diffusion"], "dataset must be one of"),
@@ -61,4 +62,4 @@ def test_unknown_flag_is_an_error(capsys):
 @pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_preset_resolves(preset):
     config = resolve(["--config", str(CONFIGS / preset)] + (["--ensemble", "0"] if "resnet" in preset else []))
-    assert config["model_type"] in ("diffusion", "sdm", "resnet18")
+    assert config["model_type"] in ("diffusion", "sdm", "ldm", "vqvae", "resnet18")
