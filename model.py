@@ -33,33 +33,38 @@ def diffusion_settings(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def score_unet_config(config: dict[str, Any], image_size: int, channels: int, num_labels: int) -> dict[str, Any]:
+    """Keyword arguments of the score / label UNet (pixels, or the latent grid of latent diffusion)."""
+    return {
+        "image_size": image_size,
+        "in_channels": channels,
+        "out_channels": 2 * channels if config["learn_sigma"] else channels,
+        "dim": config["dim"],
+        "dim_mults": list(config["dim_mults"]),
+        "num_res_blocks": config["num_res_blocks"],
+        "attn_resolutions": list(config["attention_resolutions"]),
+        "num_head_channels": config["num_head_channels"],
+        "dropout": config["dropout"],
+        "conditions": list(config["conditions"]),
+        "cond_drop_prob": config["cond_drop_prob"],
+        "mid_attention": config["mid_attention"],
+        "num_labels": num_labels,
+    }
+
+
 def model_config_from(config: dict[str, Any]) -> dict[str, Any]:
     """The plain dict stored in checkpoints that rebuilds the network (and diffusion process) with no flags."""
     model_type = config["model_type"]
-    out_channels = 6 if config.get("learn_sigma") else 3
     if model_type == "diffusion":
-        unet = {
-            "image_size": config["tile_size"],
-            "in_channels": 3,
-            "out_channels": out_channels,
-            "dim": config["dim"],
-            "dim_mults": list(config["dim_mults"]),
-            "num_res_blocks": config["num_res_blocks"],
-            "attn_resolutions": list(config["attention_resolutions"]),
-            "num_head_channels": config["num_head_channels"],
-            "dropout": config["dropout"],
-            "conditions": list(config["conditions"]),
-            "cond_drop_prob": config["cond_drop_prob"],
-            "mid_attention": config["mid_attention"],
-            "num_labels": PCAM_CLASSES if "label" in config["conditions"] else 0,
-        }
+        labels = PCAM_CLASSES if "label" in config["conditions"] else 0
+        unet = score_unet_config(config, config["tile_size"], 3, labels)
         return {"unet": unet, "diffusion": diffusion_settings(config)}
     if model_type == "sdm":
         maps = map_settings(config)
         unet = {
             "image_size": config["tile_size"],
             "in_channels": 3,
-            "out_channels": out_channels,
+            "out_channels": 6 if config["learn_sigma"] else 3,
             "model_channels": config["dim"],
             "channel_mult": list(config["dim_mults"]),
             "num_res_blocks": config["num_res_blocks"],
@@ -97,21 +102,7 @@ def ldm_model_config(config: dict[str, Any], autoencoder: LoadedModel, scale_fac
     ae = autoencoder.model
     latent = ae.latent_channels
     size = autoencoder.config["tile_size"] // ae.downsample_factor
-    unet = {
-        "image_size": size,
-        "in_channels": latent,
-        "out_channels": 2 * latent if config["learn_sigma"] else latent,
-        "dim": config["dim"],
-        "dim_mults": list(config["dim_mults"]),
-        "num_res_blocks": config["num_res_blocks"],
-        "attn_resolutions": list(config["attention_resolutions"]),
-        "num_head_channels": config["num_head_channels"],
-        "dropout": config["dropout"],
-        "conditions": list(config["conditions"]),
-        "cond_drop_prob": config["cond_drop_prob"],
-        "mid_attention": config["mid_attention"],
-        "num_labels": num_labels,
-    }
+    unet = score_unet_config(config, size, latent, num_labels)
     return {
         "unet": unet,
         "diffusion": diffusion_settings(config),

@@ -1,6 +1,8 @@
-"""Seconds per transition sequence (one nucleus at K condition values) for DDPM-1000 and DDIM-50. One JSON line.
+"""Sampling speed, one JSON line: seconds per transition sequence (one nucleus at K condition values) for
+DDPM-1000 and DDIM-50; with --model sdm, seconds per layout-conditioned tile (guided, learned sigma).
 
 python benchmarks/bench_sample.py --dim 64 --num_conditions 6 [--ckpt RUN/last.pt]
+python benchmarks/bench_sample.py --model sdm --image_size 128 --dim 128 --dim_mults 1,1,2,2,4 --samplers ddim
 """
 from __future__ import annotations
 
@@ -16,13 +18,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import int_list  # noqa: E402
 from diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
+from diffusion.guidance import classifier_free_guidance  # noqa: E402
+from diffusion.samplers import ddim_sample  # noqa: E402
+from diffusion.sdm_unet import SDMUNet  # noqa: E402
 from diffusion.unet import UNet  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from transitions import SamplingOptions, render_sequences  # noqa: E402
 
 
+def sdm_benchmark(args: argparse.Namespace, device: torch.device) -> None:
+    """Seconds per tile of guided DDIM sampling from random layouts with a randomly initialised SDM UNet."""
+    torch.manual_seed(0)
+    levels = [args.image_size // 2**i for i in range(len(args.dim_mults))]
+    model = SDMUNet(image_size=args.image_size, out_channels=6, model_channels=args.dim, channel_mult=args.dim_mults,
+                    num_res_blocks=args.num_res_blocks, attention_resolutions=[r for r in levels if r <= args.image_size // 4],
+                    semantic_channels=5).to(device).eval()
+    diffusion = GaussianDiffusion.from_config("cosine", 1000, learn_sigma=True)
+    maps = torch.rand(args.sequences, 5, args.image_size, args.image_size, device=device)
+    x_T = torch.randn(args.sequences, 3, args.image_size, args.image_size, device=device)
+    fn = classifier_free_guidance(model, {"semantic": maps}, 1.5, guided_channels=3)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    ddim_sample(diffusion, fn, x_T, steps=args.ddim_steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    print(json.dumps({"benchmark": "sample_sdm", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+                      "image_size": args.image_size, "dim": args.dim, "tiles_per_batch": args.sequences, "guidance": 1.5,
+                      f"ddim_{args.ddim_steps}_s_per_tile": round((time.perf_counter() - tic) / args.sequences, 3)}))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("diffusion", "sdm"), default="diffusion", help="score UNet (transitions) or SDM (layout tiles)")
     p.add_argument("--ckpt", help="a diffusion checkpoint; default: a randomly initialised UNet of the given size")
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--dim", type=int, default=64)
@@ -38,6 +66,9 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device(args.device)
+    if args.model == "sdm":
+        sdm_benchmark(args, device)
+        return
     if args.ckpt:
         loaded = load_checkpoint(args.ckpt, device)
         model, diffusion, size = loaded.model, loaded.diffusion, loaded.model_config["unet"]["image_size"]

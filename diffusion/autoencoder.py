@@ -10,22 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusion.network_inputs import channel_multipliers, positive_int
 from diffusion.quantizer import VectorQuantizer
 from diffusion.unet import AttentionBlock, Downsample, Upsample, group_norm
 
 LOGVAR_RANGE = (-30.0, 20.0)
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _channel_mult(channel_mult: Sequence[int]) -> list[int]:
-    if isinstance(channel_mult, (str, bytes)) or not isinstance(channel_mult, Sequence) or not channel_mult:
-        raise ValueError(f"channel_mult must be a non-empty sequence of positive integers, got {channel_mult!r}")
-    return [_positive_int("channel_mult entries", m) for m in channel_mult]
 
 
 def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -74,8 +63,8 @@ class Encoder(nn.Module):
         super().__init__()
         for name, value in [("in_channels", in_channels), ("channels", channels),
                             ("num_res_blocks", num_res_blocks), ("out_channels", out_channels)]:
-            _positive_int(name, value)
-        mults = _channel_mult(channel_mult)
+            positive_int(name, value)
+        mults = channel_multipliers("channel_mult", channel_mult)
         self.in_channels = in_channels
         self.downsample_factor = 2 ** (len(mults) - 1)
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
@@ -118,8 +107,8 @@ class Decoder(nn.Module):
         super().__init__()
         for name, value in [("out_channels", out_channels), ("channels", channels),
                             ("num_res_blocks", num_res_blocks), ("in_channels", in_channels)]:
-            _positive_int(name, value)
-        mults = _channel_mult(channel_mult)
+            positive_int(name, value)
+        mults = channel_multipliers("channel_mult", channel_mult)
         self.in_channels = in_channels
         self.upsample_factor = 2 ** (len(mults) - 1)
         width = channels * mults[-1]
@@ -191,12 +180,12 @@ class VQVAE(_Autoencoder):
         use_ema: bool = True,
     ) -> None:
         super().__init__()
-        _positive_int("latent_channels", latent_channels)
-        _positive_int("codebook_size", codebook_size)
+        positive_int("latent_channels", latent_channels)
+        positive_int("codebook_size", codebook_size)
         if ema_eps <= 0:
             raise ValueError(f"ema_eps must be > 0, got {ema_eps}")
         self._config = {
-            "in_channels": in_channels, "channels": channels, "channel_mult": _channel_mult(channel_mult),
+            "in_channels": in_channels, "channels": channels, "channel_mult": channel_multipliers("channel_mult", channel_mult),
             "num_res_blocks": num_res_blocks, "latent_channels": latent_channels, "codebook_size": codebook_size,
             "commitment_weight": float(commitment_weight), "ema_decay": float(ema_decay),
             "ema_eps": float(ema_eps), "dead_code_threshold": float(dead_code_threshold), "use_ema": bool(use_ema),
@@ -243,11 +232,11 @@ class AutoencoderKL(_Autoencoder):
         kl_weight: float = 1e-6,
     ) -> None:
         super().__init__()
-        _positive_int("latent_channels", latent_channels)
+        positive_int("latent_channels", latent_channels)
         if kl_weight < 0:
             raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
         self._config = {
-            "in_channels": in_channels, "channels": channels, "channel_mult": _channel_mult(channel_mult),
+            "in_channels": in_channels, "channels": channels, "channel_mult": channel_multipliers("channel_mult", channel_mult),
             "num_res_blocks": num_res_blocks, "latent_channels": latent_channels, "kl_weight": float(kl_weight),
         }
         self.kl_weight = float(kl_weight)
