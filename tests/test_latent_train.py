@@ -116,3 +116,15 @@ def test_scale_factor_makes_latents_unit_variance(stack, vqvae_run):
     scale = measure_scale_factor(ae.model, images, torch.device("cpu"))
     z = torch.cat([ae.model.encode(x) for x in images]) * scale
     assert float(z.detach().std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_ldm_resume_reproduces_an_uninterrupted_run(stack, vqvae_run, tmp_path):
+    base = {**LDM, "dataset": "npy", "model_type": "ldm", "data_root": stack, "autoencoder_ckpt": vqvae_run / "last.pt",
+            "val_every": 0}
+    full = train.run(argv({**base, "out_dir": tmp_path / "full", "max_steps": 4}))
+    half = train.run(argv({**base, "out_dir": tmp_path / "half", "max_steps": 2}))
+    train.run(["--resume", str(half), "--max_steps", "4"])
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (full, half))
+    assert a["model_config"]["scale_factor"] == b["model_config"]["scale_factor"]
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
