@@ -251,7 +251,8 @@ def run_tiles(args: argparse.Namespace, loaded: LoadedModel, device: torch.devic
 
     def write(folder: Path) -> None:
         count.update(n=generate_per_cluster(loaded.model, loaded.diffusion, ids, per_cluster, scale, respacing, args.batch_size,
-                                            args.seed, device, folder, callback=recorder))
+                                            args.seed, device, folder, callback=recorder,
+                                            label_name="cluster" if loaded.model_type == "ldm" else "class"))
         save_trajectory(recorder, folder)
 
     staged(out, write)

@@ -71,14 +71,15 @@ def generate_per_cluster(
     device: torch.device,
     folder: Path,
     callback: Callable | None = None,
+    label_name: str = "cluster",
 ) -> int:
-    """per_cluster tiles for each cluster id (or per_cluster unconditional tiles) + grid.png + samples.csv."""
+    """per_cluster tiles for each cluster (or class) id, or per_cluster unconditional tiles, + grid.png + samples.csv."""
     generator = torch.Generator(device=device).manual_seed(seed)
     groups = list(cluster_ids) if cluster_ids is not None else [None]
     rows, grid = [], []
     bar = tqdm(total=len(groups) * per_cluster, desc="ldm samples")
     for cluster in groups:
-        sub = folder / ("samples" if cluster is None else f"cluster_{cluster:02d}")
+        sub = folder / ("samples" if cluster is None else f"{label_name}_{cluster:02d}")
         sub.mkdir(parents=True)
         tiles = []
         for first in range(0, per_cluster, batch_size):
@@ -89,13 +90,13 @@ def generate_per_cluster(
             for k, image in enumerate(images):
                 name = f"{sub.name}_{first + k:05d}.png"
                 save_png(image, sub / name)
-                rows.append({"file": f"{sub.name}/{name}", "cluster": "" if cluster is None else cluster, "seed": seed})
+                rows.append({"file": f"{sub.name}/{name}", label_name: "" if cluster is None else cluster, "seed": seed})
             tiles.extend(images)
             bar.update(count)
         grid.append(tiles[:8])
     bar.close()
     write_rows(folder / "samples.csv", rows)
-    captions = [[("unconditional" if c is None else f"cluster {c}")] * len(r) for c, r in zip(groups, grid)]
+    captions = [[("unconditional" if c is None else f"{label_name} {c}")] * len(r) for c, r in zip(groups, grid)]
     labelled_grid(grid, captions, scale=1 if grid[0][0].shape[-1] >= 96 else 2, caption_lines=1).save(folder / "grid.png")
     return len(rows)
 

@@ -83,7 +83,7 @@ def test_class_conditional_pcam_model_samples_per_class_with_a_trajectory(pcam_r
     out = tmp_path / "samples"
     assert inference.main(["--ckpt", str(pcam_run / "last.pt"), "--class_ids", "0", "1", "--num_per_class", "2",
                            "--cfg_scale", "2", "--steps", "4", "--save_trajectory", "--trajectory_every", "2", "--out_dir", str(out)]) == 0
-    assert len(list((out / "cluster_01").glob("*.png"))) == 2
+    assert len(list((out / "class_01").glob("*.png"))) == 2
     gif = Image.open(out / "trajectory.gif")
     assert gif.n_frames == 3 and (out / "trajectory.png").is_file()
 
