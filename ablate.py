@@ -24,7 +24,7 @@ import yaml  # noqa: E402
 
 import train  # noqa: E402
 from checkpoint import CheckpointError, read_checkpoint  # noqa: E402
-from config import ConfigError, run_dir_for, resolve  # noqa: E402
+from config import ConfigError, resolve, run_dir_for  # noqa: E402
 from data.annotations import DataError  # noqa: E402
 from dataloader import build_datasets  # noqa: E402
 from latents import sample_tiles  # noqa: E402

@@ -1,4 +1,6 @@
-"""build_dataloaders(config): data set name -> annotations -> patch datasets -> DataLoaders (DDP-aware).
+"""build_dataloaders(config): data set name -> dataset objects -> DataLoaders (DDP-aware, resumable streams).
+
+Four families: WSI patches around annotations, MoNuSeg-style layout tiles, tile stacks (.npy), PatchCamelyon.
 
 Run as a script, `python dataloader.py --summary FILE` prints a JSON summary of an annotation file.
 """
@@ -21,9 +23,29 @@ from data.annotations import Annotation, ClassMap, DataError
 from data.condition_maps import MapOptions
 from data.meningioma import read_meningioma
 from data.midog import midog_summary, read_midog_json
-from data.pcam import PCamH5, PCamKaggle, is_pcam_h5, is_pcam_kaggle, kaggle_split, make_fake_pcam_h5, read_kaggle_labels
-from data.npy_stack import TileStack, labels_from_csv, open_stack, tiles_from_slides, write_stack
-from data.monuseg import LayoutPatches, is_tiled_folder, list_tiles, split_names, tile_monuseg
+from data.monuseg import (
+    LayoutPatches,
+    is_tiled_folder,
+    list_tiles,
+    split_names,
+    tile_monuseg,
+)
+from data.npy_stack import (
+    TileStack,
+    labels_from_csv,
+    open_stack,
+    tiles_from_slides,
+    write_stack,
+)
+from data.pcam import (
+    PCamH5,
+    PCamKaggle,
+    is_pcam_h5,
+    is_pcam_kaggle,
+    kaggle_split,
+    make_fake_pcam_h5,
+    read_kaggle_labels,
+)
 from data.sliderunner import read_sliderunner, sliderunner_summary
 from data.synthetic import generate_synthetic_dataset, synthetic_paths
 from data.synthetic_monuseg import generate_synthetic_monuseg

@@ -17,7 +17,12 @@ from data.annotations import DataError
 from data.npy_stack import TileStack
 from diffusion.lpips import LPIPS
 from metrics.distribution import fid, kid, precision_recall
-from metrics.features import ClassifierFeatures, EfficientNetLite0Features, InceptionFeatures, extract
+from metrics.features import (
+    ClassifierFeatures,
+    EfficientNetLite0Features,
+    InceptionFeatures,
+    extract,
+)
 from metrics.structural import ms_ssim, paired_scores, ssim, unpaired_scores
 from model import load_checkpoint, load_ensemble
 from transitions import spearman

@@ -29,7 +29,15 @@ from model import LoadedModel, load_checkpoint, load_ensemble
 from runtime import pick_device
 from synthesis import Respacing, SynthesisJob, synthesise
 from trajectory import TrajectoryRecorder
-from transitions import SAMPLERS, SamplingOptions, load_start_images, parse_conditions, render_sequences, score_images, write_outputs
+from transitions import (
+    SAMPLERS,
+    SamplingOptions,
+    load_start_images,
+    parse_conditions,
+    render_sequences,
+    score_images,
+    write_outputs,
+)
 
 TYPE_FLAGS = {
     "diffusion": ("classifier_ckpts", "conditions", "num_sequences", "cfg_scale", "from_image", "from_patch", "strength"),

@@ -12,12 +12,11 @@ from checkpoint import CheckpointError, read_checkpoint
 from classifier import ARCHITECTURES, Ensemble, ResNetClassifier
 from config import ConfigError, map_settings
 from data.condition_maps import MapOptions, map_channels
-from diffusion.autoencoder import AutoencoderKL, VQVAE
+from diffusion.autoencoder import VQVAE, AutoencoderKL
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.latent import LatentDiffusion
 from diffusion.sdm_unet import SDMUNet
 from diffusion.unet import UNet
-
 
 PCAM_CLASSES = 2
 

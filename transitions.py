@@ -13,11 +13,11 @@ from scipy.stats import spearmanr
 from torch import nn
 from tqdm import tqdm
 
+from dataloader import build_datasets
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.guidance import classifier_free_guidance
 from diffusion.respace import respace, space_timesteps
 from diffusion.samplers import ddim_sample, ddpm_sample, sdedit_start
-from dataloader import build_datasets
 from figures import labelled_grid, score_plot, to_uint8
 
 SAMPLERS = ("ddpm", "ddim")
