@@ -152,14 +152,19 @@ def build_maps(
     image_uint8: np.ndarray | None,
     options: MapOptions,
     rng: np.random.Generator | None = None,
+    class_map: np.ndarray | None = None,
 ) -> np.ndarray:
     """float32 K x H x W: one-hot classes, instance edges, hv (2), colour (3), as `options` selects.
 
-    The class map is nucleus / background (inst > 0). The colour map is shuffled when
+    The class map is `class_map` (nucleus types, 0 = background) when given, else nucleus / background
+    (inst > 0). The colour map is shuffled when
     `options.shuffle_colour` is set and an `rng` is given; `image_uint8` is needed only for the colour map.
     """
     inst = check_layout(inst)
-    maps = [one_hot((inst > 0).astype(np.int64), options.num_classes)]
+    classes = (inst > 0).astype(np.int64) if class_map is None else np.asarray(class_map, dtype=np.int64)
+    if classes.shape != inst.shape:
+        raise DataError(f"the class map has shape {classes.shape}; expected the instance mask's {inst.shape}")
+    maps = [one_hot(classes, options.num_classes)]
     if options.instance:
         maps.append(instance_edges(inst)[None])
     if options.hv:

@@ -395,6 +395,9 @@ def split_names(names: Sequence[str], val_fraction: float, seed: int) -> tuple[l
 class LayoutPatches(Dataset):
     """Tiles of a tiled folder with their condition maps: `image`, `semantic`, `inst_mask`, `meta`.
 
+    Nucleus types, where a data set has them, come from an optional `types/` folder: one class map per tile
+    (same stem, PNG or TIFF, 0 = background, 1..K-1 the types), one-hot encoded with --num_classes K.
+
     Sample i is a pure function of (seed, i): with `augment`, one of the 8 rotations/flips is applied to
     image and instance mask before the maps are built, and the colour map is shuffled when the map options
     ask for it. Indices past the end wrap around the tiles (for endless samplers), with fresh augmentations.
@@ -443,17 +446,30 @@ class LayoutPatches(Dataset):
             raise DataError(f"{image_path}: size {image.shape[:2]} differs from its instance mask {mask_path}")
         return image, inst
 
+    def load_types(self, name: str) -> np.ndarray | None:
+        """The tile's nucleus-type map from types/ (int64 H x W), or None when the folder has no types."""
+        folder = self.tiled_dir / "types"
+        if not folder.is_dir():
+            return None
+        candidates = [folder / f"{name}{suffix}" for suffix in (".png", ".tif", ".tiff")]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            raise DataError(f"{folder}: no type map for tile {name} (expected {name}.png or .tif)")
+        return read_instance_mask(path)
+
     def __getitem__(self, index: int) -> dict:
         name = self.names[index % len(self.names)]
         image, inst = self.load(name)
+        types = self.load_types(name)
         rng = np.random.default_rng([self.seed, index])
         options = self.maps
         if self.augment:
             k = int(rng.integers(8))
             image, inst = dihedral(image, k), dihedral(inst, k)
+            types = None if types is None else dihedral(types, k)
         else:
             options = replace(self.maps, shuffle_colour=False)
-        semantic = build_maps(inst, image, options, rng)
+        semantic = build_maps(inst, image, options, rng, class_map=types)
         return {
             "image": torch.from_numpy(to_model_range(np.ascontiguousarray(image))),
             "semantic": torch.from_numpy(semantic),

@@ -305,3 +305,23 @@ def test_synthetic_monuseg_round_trips_through_the_reader(tmp_path: Path):
         assert sideways.sum() + upright.sum() >= 10
         colours = image[drawn > 0].astype(float).mean(0) - image[drawn == 0].astype(float).mean(0)
         assert colours[0] < -40 and colours[1] < -40
+
+
+def test_nucleus_types_from_a_types_folder(tmp_path):
+    folder = tmp_path / "tiles"
+    for sub in ("images", "inst_masks", "types"):
+        (folder / sub).mkdir(parents=True)
+    image = np.full((8, 8, 3), 200, np.uint8)
+    inst = np.zeros((8, 8), np.uint16)
+    inst[1:3, 1:3], inst[5:7, 5:7] = 1, 2
+    types = np.zeros((8, 8), np.uint16)
+    types[1:3, 1:3], types[5:7, 5:7] = 1, 3
+    Image.fromarray(image).save(folder / "images" / "a.png")
+    tifffile.imwrite(folder / "inst_masks" / "a.tif", inst)
+    tifffile.imwrite(folder / "types" / "a.tif", types)
+    sample = LayoutPatches(folder, MapOptions(num_classes=4, instance=False), augment=False)[0]
+    semantic = sample["semantic"].numpy()
+    assert semantic.shape == (4, 8, 8)
+    assert semantic[1, 1, 1] == 1 and semantic[3, 6, 6] == 1 and semantic[2].sum() == 0 and semantic[0, 0, 0] == 1
+    with pytest.raises(DataError, match="--num_classes"):
+        LayoutPatches(folder, MapOptions(num_classes=3, instance=False), augment=False)[0]
