@@ -1,6 +1,7 @@
-"""build_dataloaders(config): data set name -> dataset objects -> DataLoaders (DDP-aware, resumable streams).
+"""build_dataloaders(config) -> DataBundle: data set name -> dataset objects -> DataLoaders (DDP-aware, resumable).
 
 Four families: WSI patches around annotations, MoNuSeg-style layout tiles, tile stacks (.npy), PatchCamelyon.
+The data options (patches, each family's flags, clusters) and their checks live here too.
 
 Run as a script, `python dataloader.py --summary FILE` prints a JSON summary of an annotation file.
 """
@@ -18,9 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from config import LAYOUT_DATASETS, PCAM_DATASETS, TILE_DATASETS, map_settings
+from common.cli import run_main
+from common.errors import ConfigError
+from common.options import Option, flag_bool, str_list
 from data.annotations import Annotation, ClassMap, DataError
-from data.condition_maps import MapOptions
+from data.condition_maps import MapOptions, map_settings
+from data.families import LAYOUT_DATASETS, PCAM_DATASETS, TILE_DATASETS
 from data.meningioma import read_meningioma
 from data.midog import midog_summary, read_midog_json
 from data.monuseg import (
@@ -43,12 +47,13 @@ from data.pcam import (
     is_pcam_h5,
     is_pcam_kaggle,
     kaggle_split,
-    make_fake_pcam_h5,
     read_kaggle_labels,
 )
 from data.sliderunner import read_sliderunner, sliderunner_summary
+from data.splits import share_of, tail_split
 from data.synthetic import generate_synthetic_dataset, synthetic_paths
 from data.synthetic_monuseg import generate_synthetic_monuseg
+from data.synthetic_pcam import make_fake_pcam_h5
 from data.wsi import (
     PatchOptions,
     StreamSampler,
@@ -59,6 +64,66 @@ from data.wsi import (
     slide_dimensions,
     split_annotations,
 )
+
+O = Option
+DATA_OPTIONS: tuple[Option, ...] = (
+    # patches
+    O("tile_size", int, 64, "patch size in pixels (level 0 of a slide, or the tiles cut from layout images)", None, "patches"),
+    O("val_fraction", float, 0.2, "validation share: of each slide's annotations by y (y_percentile), of the layout images, or of a stack's training tiles", None, "patches"),
+    O("augment", flag_bool, True, "random 90-degree rotations and flips", None, "patches"),
+    # WSI data
+    O("slides_dir", str, None, "folder of whole-slide images (default: the data set's layout)", None, "wsi data"),
+    O("annotation_file", str, None, "SlideRunner .sqlite, MIDOG .json or meningioma folder", None, "wsi data"),
+    O("mitotic_classes", str_list, None, "class names counted as mitotic (comma-separated)", None, "wsi data"),
+    O("negative_classes", str_list, None, "class names used as negatives (default: the data set's)", None, "wsi data"),
+    O("tumor_types", str_list, None, "MIDOG: keep only these tumour types", None, "wsi data"),
+    O("annotators", str_list, None, "SlideRunner: persons whose votes make the soft labels", None, "wsi data"),
+    O("indeterminate", str, "negative", "meningioma: what INDET spots are", ("negative", "mitotic", "skip"), "wsi data"),
+    O("split", str, None, "train/val split: slides (CSV) or y_percentile (default: slides when a split file exists)", ("slides", "y_percentile"), "wsi data"),
+    O("split_file", str, None, "CSV with columns slide,split for --split slides", None, "wsi data"),
+    O("mite_ratio", float, 0.5, "fraction of mitotic patches in each training batch", None, "wsi data"),
+    O("soft_vs_hard", str, "hard", "labels: hard (agreed class) or soft (share of mitotic votes)", ("soft", "hard"), "wsi data"),
+    O("soft_mode", str, "binned", "soft labels binned to 0/0.5/1 or continuous", ("binned", "continuous"), "wsi data"),
+    O("max_offset", int, 0, "random shift of the patch centre, in pixels", None, "wsi data"),
+    O("scaling", str, "minmax", "pixel scaling to [-1, 1]: minmax or per-image 99th percentile", ("minmax", "percentile"), "wsi data"),
+    # layout data
+    O("stride", int, None, "stride of the tiling of layout images (default: --tile_size)", None, "layout data"),
+    O("min_area", int, 30, "nuclei fragments smaller than this many pixels are dropped", None, "layout data"),
+    O("num_classes", int, 2, "semantic classes incl. background (2: nucleus vs background)", None, "layout data"),
+    O("no_instance", flag_bool, False, "leave out the instance-edge map", None, "layout data"),
+    O("use_hv_map", flag_bool, False, "add HoVer-Net horizontal/vertical distance maps (2 channels)", None, "layout data"),
+    O("use_col_map", flag_bool, False, "add the colour map: each nucleus filled with its mean colour (3 channels)", None, "layout data"),
+    O("cluster_id", int, None, "the cluster of --cluster_file to train on", None, "layout data"),
+    # tile stacks
+    O("stack_slice", int, 0, "which slice S of an (N, S, H, W, 3) stack", None, "tile data"),
+    O("test_size", int, 1000, "the last N tiles of the stack are the held-out test split", None, "tile data"),
+    # PatchCamelyon
+    O("pcam_crop", int, None, "centre crop of the 96 px PatchCamelyon patches (32 in the PCam DDPM work)", None, "pcam data"),
+    O("class_filter", int, None, "train on one PatchCamelyon class only (0 non-cancerous, 1 cancerous)", None, "pcam data"),
+    # clusters
+    O("cluster_file", str, None, "cluster CSV: sdm trains on --cluster_id of cluster.py's tiles; ldm takes every tile's cluster as its label", None, "clusters"),
+)
+
+
+def check_data_options(config: dict[str, Any]) -> None:
+    """Defaults that depend on other options, and the ranges of the data options (ConfigError)."""
+    if config["stride"] is None:
+        config["stride"] = config["tile_size"]
+    checks = [
+        ("tile_size", config["tile_size"] >= 8, "at least 8"),
+        ("stride", config["stride"] >= 1, "at least 1"),
+        ("mite_ratio", 0.0 <= config["mite_ratio"] <= 1.0, "in [0, 1]"),
+        ("max_offset", config["max_offset"] >= 0, "non-negative"),
+        ("num_classes", config["num_classes"] >= 2, "at least 2 (background and nucleus)"),
+        ("test_size", config["test_size"] >= 0, "non-negative"),
+    ]
+    for name, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"--{name} must be {expected}, got {config[name]}")
+    if config["split"] == "slides" and config["split_file"] is None and config["dataset"] != "synthetic":
+        raise ConfigError("--split slides needs --split_file CSV (columns slide,split)")
+    if config["cluster_id"] is not None and not config["cluster_file"]:
+        raise ConfigError("--cluster_id needs --cluster_file")
 
 
 @dataclass(frozen=True)
@@ -81,11 +146,35 @@ LAYOUTS: dict[str, Layout] = {
 
 
 @dataclass
+class Datasets:
+    """A data set's training items (finite, or an endless stream of its own), validation set, tile size and
+    number of class / cluster labels (0: the samples carry none)."""
+
+    train: Dataset
+    val: Dataset | None
+    tile_size: int
+    num_labels: int = 0
+    endless: bool = False
+
+
+@dataclass
 class DataBundle:
+    """What train.py and the recipes get: loaders, the datasets behind them and the facts of the data."""
+
     train: DataLoader
     val: DataLoader | None
     train_set: Dataset
     val_set: Dataset | None
+    train_items: Dataset
+    tile_size: int
+    num_labels: int
+    config: dict[str, Any]
+    start_batch: int = 0
+
+    def with_datasets(self, train_items: Dataset, val_set: Dataset | None, in_memory: bool = False) -> "DataBundle":
+        """The same loaders over other (finite) datasets, e.g. latents cached from these ones; in_memory: no workers."""
+        data = Datasets(train_items, val_set, self.tile_size, self.num_labels)
+        return make_loaders(data, self.config, self.start_batch, workers=0 if in_memory else None)
 
 
 class ShuffledStream(Dataset):
@@ -190,12 +279,12 @@ def layout_split(config: dict[str, Any]) -> tuple[Path, list[str], list[str]]:
     return tiles, train_names, val_names
 
 
-def build_layout_datasets(config: dict[str, Any]) -> tuple[Dataset, LayoutPatches | None]:
+def build_layout_datasets(config: dict[str, Any]) -> Datasets:
     tiles, train_names, val_names = layout_split(config)
     maps = MapOptions(**map_settings(config))
     train = LayoutPatches(tiles, maps, train_names, augment=config["augment"], seed=config["seed"])
     val = LayoutPatches(tiles, maps, val_names, augment=False, seed=config["seed"]) if val_names else None
-    return ShuffledStream(train, config["seed"]), val
+    return Datasets(train, val, config["tile_size"])
 
 
 def layout_dataset(config: dict[str, Any], model_config: dict[str, Any], masks_dir: str | Path | None = None) -> LayoutPatches:
@@ -227,7 +316,7 @@ def tile_stack_path(config: dict[str, Any]) -> Path:
     return path
 
 
-def build_tile_datasets(config: dict[str, Any]) -> tuple[Dataset, TileStack | None]:
+def build_tile_datasets(config: dict[str, Any]) -> Datasets:
     """Training stream and validation tiles of a stack: validation is the last --val_fraction of the training
     part, just before the held-out test tail (--test_size), which training never sees."""
     path = tile_stack_path(config)
@@ -237,16 +326,15 @@ def build_tile_datasets(config: dict[str, Any]) -> tuple[Dataset, TileStack | No
     del stack
     if "tile_size" in config.get("explicit", ()) and config["tile_size"] != size:
         raise DataError(f"--tile_size {config['tile_size']} differs from the tiles of {path} ({size} px)")
-    config["tile_size"] = size
     labels = labels_from_csv(config["cluster_file"]) if config.get("cluster_file") else None
     train_count = count - config["test_size"]
-    n_val = int(round(config["val_fraction"] * train_count))
-    if train_count - n_val < 1:
+    train_tiles, val_tiles = tail_split(train_count, share_of(train_count, config["val_fraction"]))
+    if not train_tiles:
         raise DataError(f"{path}: {count} tiles leave none for training with --test_size {config['test_size']} and --val_fraction {config['val_fraction']}")
     common = {"test_size": config["test_size"], "slice_index": config["stack_slice"], "labels": labels}
-    train = TileStack(path, "train", augment=config["augment"], seed=config["seed"], indices=range(train_count - n_val), **common)
-    val = TileStack(path, "train", indices=range(train_count - n_val, train_count), **common) if n_val else None
-    return ShuffledStream(train, config["seed"]), val
+    train = TileStack(path, "train", augment=config["augment"], seed=config["seed"], indices=train_tiles, **common)
+    val = TileStack(path, "train", indices=val_tiles, **common) if val_tiles else None
+    return Datasets(train, val, size, max(labels.values()) + 1 if labels else 0)
 
 
 def stack_split(config: dict[str, Any], split: str, labels: bool = False) -> TileStack:
@@ -259,6 +347,7 @@ def stack_split(config: dict[str, Any], split: str, labels: bool = False) -> Til
 
 
 PCAM_FAKE_COUNT = 400
+PCAM_CLASSES = 2
 
 
 def pcam_root(config: dict[str, Any]) -> Path:
@@ -270,13 +359,12 @@ def pcam_root(config: dict[str, Any]) -> Path:
     return root
 
 
-def build_pcam_datasets(config: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
+def build_pcam_datasets(config: dict[str, Any]) -> Datasets:
     """PatchCamelyon train / validation patches, optionally centre-cropped and restricted to one class."""
     root = pcam_root(config)
     size = config["pcam_crop"] or 96
     if "tile_size" in config.get("explicit", ()) and config["tile_size"] != size:
         raise DataError(f"--tile_size {config['tile_size']} differs from the PatchCamelyon patch size {size} (set --pcam_crop)")
-    config["tile_size"] = size
     common = {"crop": config["pcam_crop"], "label_filter": config["class_filter"]}
     if is_pcam_h5(root):
         train = PCamH5(root, "train", augment=config["augment"], seed=config["seed"], **common)
@@ -288,11 +376,11 @@ def build_pcam_datasets(config: dict[str, Any]) -> tuple[Dataset, Dataset | None
         val = PCamKaggle(root, val_ids, **common)
     else:
         raise DataError(f"{root}: expected PatchCamelyon h5 files (camelyonpatch_level_2_split_*_x.h5) or the Kaggle layout (train/, train_labels.csv)")
-    return ShuffledStream(train, config["seed"]), val
+    return Datasets(train, val, size, PCAM_CLASSES)
 
 
-def build_datasets(config: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
-    """Training stream and validation set for the config's data set."""
+def build_datasets(config: dict[str, Any]) -> Datasets:
+    """Training items and validation set of the config's data set."""
     if config["dataset"] in PCAM_DATASETS:
         return build_pcam_datasets(config)
     if config["dataset"] in LAYOUT_DATASETS:
@@ -319,16 +407,26 @@ def build_datasets(config: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
         train, slide_paths, options, config["batch_size"], config["mite_ratio"], seed=config["seed"]
     )
     val_set = WSIEvalPatches(val, slide_paths, eval_options) if val else None
-    return train_set, val_set
+    return Datasets(train_set, val_set, config["tile_size"], endless=True)
+
+
+def validation_set(config: dict[str, Any]) -> Dataset | None:
+    """The unaugmented validation set of the run that a config describes."""
+    return build_datasets({**config, "augment": False}).val
 
 
 def build_dataloaders(config: dict[str, Any], start_batch: int = 0) -> DataBundle:
     """DataLoaders for training (an endless, resumable stream per rank) and validation."""
-    train_set, val_set = build_datasets(config)
+    return make_loaders(build_datasets(config), config, start_batch)
+
+
+def make_loaders(data: Datasets, config: dict[str, Any], start_batch: int, workers: int | None = None) -> DataBundle:
+    train_set = data.train if data.endless else ShuffledStream(data.train, config["seed"])
+    val_set = data.val
     rank, world = 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    workers = config["num_workers"]
+    workers = config["num_workers"] if workers is None else workers
     pin = torch.cuda.is_available() and str(config.get("device", "auto")) != "cpu"
     train = DataLoader(
         train_set,
@@ -343,57 +441,7 @@ def build_dataloaders(config: dict[str, Any], start_batch: int = 0) -> DataBundl
     if val_set is not None:
         val = DataLoader(val_set, batch_size=config["batch_validation"], shuffle=False, num_workers=workers, pin_memory=pin,
                          generator=torch.Generator().manual_seed(config["seed"]))
-    return DataBundle(train, val, train_set, val_set)
-
-
-class CachedLatents(Dataset):
-    """Latents encoded once (with their labels): the sample contract's `image` holds the latent."""
-
-    def __init__(self, latents: torch.Tensor, labels: torch.Tensor | None):
-        self.latents = latents
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.latents)
-
-    def __getitem__(self, index: int) -> dict:
-        i = index % len(self.latents)
-        sample = {"image": self.latents[i]}
-        if self.labels is not None:
-            sample["label"] = int(self.labels[i])
-        return sample
-
-
-@torch.no_grad()
-def encode_all(dataset: Dataset, model: Any, device: torch.device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    latents, labels = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        latents.append(model.encode(batch["image"].to(device)).cpu())
-        if "label" in batch:
-            labels.append(batch["label"])
-    return torch.cat(latents), (torch.cat(labels) if labels else None)
-
-
-def cache_latents(data: DataBundle, model: Any, device: torch.device, path: Path, config: dict[str, Any]) -> DataBundle:
-    """Encode the training and validation tiles once (unaugmented) into `path` and serve the latents from it."""
-    if path.is_file():
-        cache = torch.load(path, weights_only=True)
-    else:
-        base = getattr(data.train_set, "dataset", data.train_set)
-        base.augment = False
-        train, train_labels = encode_all(base, model, device, config["batch_validation"])
-        cache = {"train": train, "train_labels": train_labels}
-        if data.val_set is not None:
-            cache["val"], cache["val_labels"] = encode_all(data.val_set, model, device, config["batch_validation"])
-        torch.save(cache, path)
-        print(f"cached {len(train)} training latents in {path}", file=sys.stderr)
-    train_set = ShuffledStream(CachedLatents(cache["train"], cache["train_labels"]), config["seed"])
-    val_set = CachedLatents(cache["val"], cache["val_labels"]) if "val" in cache else None
-    rank, world = data.train.sampler.rank, data.train.sampler.world_size
-    train = DataLoader(train_set, batch_size=config["batch_size"], sampler=StreamSampler(config["batch_size"], data.train.sampler.start_batch, rank, world),
-                       generator=torch.Generator().manual_seed(config["seed"]))
-    val = DataLoader(val_set, batch_size=config["batch_validation"], generator=torch.Generator()) if val_set is not None else None
-    return DataBundle(train, val, train_set, val_set)
+    return DataBundle(train, val, train_set, val_set, data.train, data.tile_size, data.num_labels, config, start_batch)
 
 
 def summarise(path: str | Path) -> dict[str, Any]:
@@ -405,16 +453,14 @@ def summarise(path: str | Path) -> dict[str, Any]:
     return sliderunner_summary(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def print_summary(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Inspect annotation files.")
     parser.add_argument("--summary", required=True, metavar="FILE", help="SlideRunner .sqlite or MIDOG .json")
-    args = parser.parse_args(argv)
-    try:
-        print(json.dumps(summarise(args.summary), indent=2))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    print(json.dumps(summarise(parser.parse_args(argv).summary), indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(print_summary, argv)
 
 
 if __name__ == "__main__":

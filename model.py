@@ -1,193 +1,169 @@
-"""build_model(config) for every --model_type, and load_checkpoint(path) -> a ready model with its config."""
+"""MODEL_TYPES, the registry: the only list of --model_type values. Options, checks, networks and checkpoints
+of every type are reached through it; each entry points at the recipe that owns the type.
+
+Adding a model type: write one recipe module in recipes/ (a `recipes.base.Recipe` subclass) and add one line below.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from checkpoint import CheckpointError, read_checkpoint
-from classifier import ARCHITECTURES, Ensemble, ResNetClassifier
-from config import ConfigError, map_settings
-from data.condition_maps import MapOptions, map_channels
-from diffusion.autoencoder import VQVAE, AutoencoderKL
-from diffusion.gaussian_diffusion import GaussianDiffusion
-from diffusion.latent import LatentDiffusion
-from diffusion.sdm_unet import SDMUNet
-from diffusion.unet import UNet
-
-PCAM_CLASSES = 2
+from common.checkpoint import read_checkpoint
+from common.errors import CheckpointError, ConfigError
+from common.options import Option, OptionTable, flag_bool
+from dataloader import DATA_OPTIONS, check_data_options
+from data.families import DATASETS
+from recipes import autoencoder, classifier, latent, score_diffusion, semantic
+from recipes.base import LoadedModel, Recipe
+from recipes.classifier import Ensemble
+from trainer import TRAIN_OPTIONS, check_training_options
 
 
-def diffusion_settings(config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "schedule": config["schedule"],
-        "timesteps": config["timesteps"],
-        "objective": config["objective"],
-        "loss_type": config["loss_function"],
-        "learn_sigma": bool(config["learn_sigma"]),
-        "vlb_weight": config["vlb_weight"],
-    }
+@dataclass(frozen=True)
+class ModelType:
+    """One --model_type: its name and the recipe that owns everything it is."""
+
+    name: str
+    recipe: Recipe
 
 
-def score_unet_config(config: dict[str, Any], image_size: int, channels: int, num_labels: int) -> dict[str, Any]:
-    """Keyword arguments of the score / label UNet (pixels, or the latent grid of latent diffusion)."""
-    return {
-        "image_size": image_size,
-        "in_channels": channels,
-        "out_channels": 2 * channels if config["learn_sigma"] else channels,
-        "dim": config["dim"],
-        "dim_mults": list(config["dim_mults"]),
-        "num_res_blocks": config["num_res_blocks"],
-        "attn_resolutions": list(config["attention_resolutions"]),
-        "num_head_channels": config["num_head_channels"],
-        "dropout": config["dropout"],
-        "conditions": list(config["conditions"]),
-        "cond_drop_prob": config["cond_drop_prob"],
-        "mid_attention": config["mid_attention"],
-        "num_labels": num_labels,
-    }
+def entry(name: str, recipe: Callable[[str], Recipe]) -> ModelType:
+    return ModelType(name, recipe(name))
 
 
-def model_config_from(config: dict[str, Any]) -> dict[str, Any]:
-    """The plain dict stored in checkpoints that rebuilds the network (and diffusion process) with no flags."""
-    model_type = config["model_type"]
-    if model_type == "diffusion":
-        labels = PCAM_CLASSES if "label" in config["conditions"] else 0
-        unet = score_unet_config(config, config["tile_size"], 3, labels)
-        return {"unet": unet, "diffusion": diffusion_settings(config)}
-    if model_type == "sdm":
-        maps = map_settings(config)
-        unet = {
-            "image_size": config["tile_size"],
-            "in_channels": 3,
-            "out_channels": 6 if config["learn_sigma"] else 3,
-            "model_channels": config["dim"],
-            "channel_mult": list(config["dim_mults"]),
-            "num_res_blocks": config["num_res_blocks"],
-            "attention_resolutions": list(config["attention_resolutions"]),
-            "num_head_channels": config["num_head_channels"],
-            "dropout": config["dropout"],
-            "semantic_channels": map_channels(MapOptions(**maps)),
-            "spade_hidden": config["spade_hidden"],
-            "resblock_updown": config["resblock_updown"],
-            "use_scale_shift_norm": config["use_scale_shift_norm"],
-            "use_checkpoint": config["use_checkpoint"],
-            "cond_drop_prob": config["cond_drop_prob"],
-        }
-        return {"unet": unet, "diffusion": diffusion_settings(config), "maps": maps}
-    if model_type in ("vqvae", "autoencoder_kl"):
-        ae = {
-            "in_channels": 3,
-            "channels": config["ae_channels"],
-            "channel_mult": list(config["ae_channel_mult"]),
-            "num_res_blocks": config["ae_res_blocks"],
-            "latent_channels": config["latent_channels"],
-        }
-        if model_type == "vqvae":
-            ae.update(codebook_size=config["codebook_size"], commitment_weight=config["commitment_weight"],
-                      ema_decay=config["codebook_decay"], use_ema=config["codebook_ema"],
-                      dead_code_threshold=config["dead_code_threshold"])
-        else:
-            ae.update(kl_weight=config["kl_weight"])
-        return {"autoencoder": ae}
-    return {"arch": model_type}
+MODEL_TYPES: dict[str, ModelType] = {t.name: t for t in (
+    entry("diffusion", score_diffusion.ScoreDiffusion),
+    entry("sdm", semantic.SemanticDiffusion),
+    entry("ldm", latent.LatentDiffusionRecipe),
+    entry("vqvae", autoencoder.Autoencoder),
+    entry("autoencoder_kl", autoencoder.Autoencoder),
+    entry("resnet18", classifier.Classifier),
+    entry("resnet34", classifier.Classifier),
+    entry("resnet50", classifier.Classifier),
+)}
+
+O = Option
+RUN_OPTIONS: tuple[Option, ...] = (
+    O("dataset", str, None, "data set: " + ", ".join(DATASETS), DATASETS),
+    O("model_type", str, None, "what to train: " + ", ".join(MODEL_TYPES), tuple(MODEL_TYPES)),
+    O("date", str, None, "tag appended to the run folder name (e.g. 2024-05-01)"),
+    O("data_root", str, None, "data folder (default data/<dataset>)"),
+    O("out_dir", str, "model_weights", "parent folder of run folders"),
+    O("seed", int, 0, "random seed (an ensemble member adds its index)"),
+    O("resume", str, None, "continue the run in this run folder exactly where it stopped"),
+    O("init_from", str, None, "start from the weights of this checkpoint (fine-tuning: new optimiser, LR and steps)"),
+    O("overwrite", flag_bool, False, "replace an existing run folder"),
+    O("device", str, "auto", "auto, cpu, cuda or cuda:N"),
+    O("num_workers", int, 2, "data-loading worker processes per rank"),
+)
 
 
-def ldm_model_config(config: dict[str, Any], autoencoder: LoadedModel, scale_factor: float, num_labels: int) -> dict[str, Any]:
-    """Model config of a latent diffusion run: the UNet on the latent grid, the frozen autoencoder, the scale."""
-    ae = autoencoder.model
-    latent = ae.latent_channels
-    size = autoencoder.config["tile_size"] // ae.downsample_factor
-    unet = score_unet_config(config, size, latent, num_labels)
-    return {
-        "unet": unet,
-        "diffusion": diffusion_settings(config),
-        "autoencoder": {"model_type": autoencoder.model_type, "model_config": autoencoder.model_config},
-        "scale_factor": scale_factor,
-        "image_size": autoencoder.config["tile_size"],
-    }
+def recipe_for(model_type: str) -> Recipe:
+    return MODEL_TYPES[model_type].recipe
 
 
-def build_from_model_config(model_type: str, model_config: dict[str, Any]) -> nn.Module:
-    if model_type == "diffusion":
-        return UNet(**model_config["unet"])
-    if model_type == "sdm":
-        return SDMUNet(**model_config["unet"])
-    if model_type == "vqvae":
-        return VQVAE(**model_config["autoencoder"])
-    if model_type == "autoencoder_kl":
-        return AutoencoderKL(**model_config["autoencoder"])
-    if model_type == "ldm":
-        ae = model_config["autoencoder"]
-        autoencoder = build_from_model_config(ae["model_type"], ae["model_config"])
-        return LatentDiffusion(UNet(**model_config["unet"]), autoencoder, model_config["scale_factor"])
-    if model_type in ARCHITECTURES:
-        return ResNetClassifier(model_config["arch"])
-    raise ValueError(f"unknown model type {model_type!r}")
+def _option_table() -> OptionTable:
+    """Shared options, then each recipe's own (options several recipes share are listed once)."""
+    options: dict[str, Option] = {}
+    for opt in RUN_OPTIONS + DATA_OPTIONS + TRAIN_OPTIONS:
+        options[opt.name] = opt
+    for model_type in MODEL_TYPES.values():
+        for opt in model_type.recipe.options:
+            options.setdefault(opt.name, opt)
+    order = ["run", "patches", "wsi data", "layout data", "tile data", "pcam data", "clusters", "train"]
+    return OptionTable(sorted(options.values(), key=lambda o: order.index(o.group) if o.group in order else len(order)))
 
 
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """A freshly initialised network for config['model_type'] (with --pretrained_weights for classifiers)."""
-    model = build_from_model_config(config["model_type"], model_config_from(config))
-    if config.get("pretrained_weights") and isinstance(model, ResNetClassifier):
-        try:
-            model.load_pretrained(config["pretrained_weights"])
-        except (ValueError, FileNotFoundError) as err:
-            raise ConfigError(str(err)) from None
-    return model
+OPTIONS = _option_table()
 
 
-TRAINING_ONLY = {"cond_drop_prob", "dropout", "use_checkpoint"}
+def group_users(group: str) -> str:
+    """Which model types take an option group, for --help and the README."""
+    users = sorted(name for name, t in MODEL_TYPES.items() if t.recipe.takes(group))
+    return "all model types" if len(users) == len(MODEL_TYPES) else ", ".join(users)
 
 
-def init_from_checkpoint(model: nn.Module, model_type: str, model_config: dict[str, Any], path: str | Path) -> None:
-    """Start from the (EMA, when present) weights of another run of the same architecture (fine-tuning)."""
-    state = read_checkpoint(path)
-    if state["model_type"] != model_type:
-        raise ConfigError(f"--init_from {path} holds a {state['model_type']} model; this run trains {model_type}")
-    mine, theirs = model_config.get("unet", model_config), state["model_config"].get("unet", state["model_config"])
-    differ = sorted(k for k in set(mine) | set(theirs) if k not in TRAINING_ONLY and mine.get(k) != theirs.get(k))
-    if differ or model_config.get("maps") != state["model_config"].get("maps"):
-        shown = differ or ["condition maps"]
-        raise ConfigError(f"--init_from {path}: architecture differs in {', '.join(shown)}; use the options of that run")
-    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+def group_titles() -> dict[str, str]:
+    return {group: group_users(group) for group in OPTIONS.groups()}
 
 
-def build_diffusion(model_config: dict[str, Any]) -> GaussianDiffusion:
-    return GaussianDiffusion.from_config(**model_config["diffusion"])
+def build_parser():
+    titles = {group: f"{group} ({users})" for group, users in group_titles().items()}
+    return OPTIONS.build_parser("Train a model of any registered --model_type (see the README's option tables).", titles)
 
 
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    model_type: str
-    model_config: dict[str, Any]
-    config: dict[str, Any]
-    step: int
-    path: Path
+def options_markdown() -> str:
+    """The README's option tables (between its <!-- flags --> markers)."""
+    return OPTIONS.markdown(group_titles())
 
-    @property
-    def diffusion(self) -> GaussianDiffusion:
-        return build_diffusion(self.model_config)
+
+def resolve_config(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Defaults <- YAML <- CLI flags, then the model type's defaults and checks of contradictory options."""
+    return finalise(OPTIONS.parse(build_parser(), argv))
+
+
+def finalise(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill model-type defaults and reject contradictory options (ConfigError)."""
+    if config.get("resume"):
+        if config.get("overwrite"):
+            raise ConfigError("--resume and --overwrite contradict each other: resume keeps the run folder")
+        if config.get("init_from"):
+            raise ConfigError("--resume and --init_from contradict each other: resume continues its own weights")
+        return config
+    for name in ("dataset", "model_type"):
+        if config[name] is None:
+            choices = DATASETS if name == "dataset" else tuple(MODEL_TYPES)
+            raise ConfigError(f"--{name} is required (one of {', '.join(choices)})")
+    model_type, explicit = config["model_type"], set(config.get("explicit", ()))
+    recipe = recipe_for(model_type)
+    wrong = sorted(n for n in explicit if n in OPTIONS.by_name and not recipe.takes(OPTIONS.by_name[n].group))
+    if wrong:
+        raise ConfigError(f"--model_type {model_type} does not take --{', --'.join(wrong)}")
+    if config["dataset"] not in recipe.datasets:
+        raise ConfigError(f"--model_type {model_type} trains on --dataset {' or '.join(recipe.datasets)}, not {config['dataset']}")
+    recipe.finalise(config)
+    check_data_options(config)
+    check_training_options(config)
+    return config
+
+
+def run_dir_for(config: dict[str, Any]) -> Path:
+    """The run folder of a resolved config (the recipe names it)."""
+    return recipe_for(config["model_type"]).run_dir(config)
+
+
+def build_network(model_type: str, model_config: dict[str, Any]) -> nn.Module:
+    """The network a stored model config describes (old format versions upgraded)."""
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(f"unknown model type {model_type!r} (known: {', '.join(MODEL_TYPES)})")
+    return recipe_for(model_type).build_network(model_config)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
     """Rebuild the network stored in a checkpoint, in eval mode on `device` (EMA weights when present)."""
     state = read_checkpoint(path)
-    model = build_from_model_config(state["model_type"], state["model_config"])
+    if state["model_type"] not in MODEL_TYPES:
+        raise CheckpointError(f"checkpoint {path}: unknown model type {state['model_type']!r}")
+    recipe = recipe_for(state["model_type"])
+    model_config = recipe.upgrade(state["model_config"])
+    try:
+        model = recipe.build_network(model_config)
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {path}: its model_config does not describe a {state['model_type']} network ({err})") from None
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path}: weights do not fit the stored model_config ({err})") from None
     model.to(device).eval()
-    return LoadedModel(model, state["model_type"], state["model_config"], state.get("config", {}), state["step"], Path(path))
+    return LoadedModel(model, state["model_type"], model_config, state.get("config", {}), state["step"], Path(path))
 
 
-def classifier_checkpoints(paths: list[str | Path]) -> list[Path]:
+def classifier_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
     """Expand files and folders (e.g. model_weights/resnet/) into one checkpoint per ensemble member.
 
     In a folder, each run folder (one holding best.pt or last.pt) gives its best.pt, or last.pt without one.
@@ -206,12 +182,12 @@ def classifier_checkpoints(paths: list[str | Path]) -> list[Path]:
     return found
 
 
-def load_ensemble(paths: list[str | Path], device: str | torch.device = "cpu") -> tuple[Ensemble, list[Path]]:
+def load_ensemble(paths: Sequence[str | Path], device: str | torch.device = "cpu") -> tuple[Ensemble, list[Path]]:
     files = classifier_checkpoints(paths)
     members = []
     for file in files:
         loaded = load_checkpoint(file, device)
-        if loaded.model_type not in ARCHITECTURES:
+        if not isinstance(recipe_for(loaded.model_type), classifier.Classifier):
             raise CheckpointError(f"--classifier_ckpts: {file} holds a {loaded.model_type} model, not a classifier")
         members.append(loaded.model)
     return Ensemble(members).to(device).eval(), files

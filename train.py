@@ -1,4 +1,4 @@
-"""Train a model: `python train.py --model_type diffusion|resnet18|resnet34|resnet50 --dataset ... [flags]`.
+"""Train a model: `python train.py --model_type <any registered type> --dataset ... [flags]` (see model.MODEL_TYPES).
 
 Multi-GPU / multi-process: `torchrun --nproc_per_node N train.py ...` (DDP; NCCL on GPU, gloo on CPU).
 """
@@ -13,15 +13,13 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from builders import build_recipe
-from checkpoint import CheckpointError, read_checkpoint
-from config import BY_NAME, RESUME_MAY_CHANGE, ConfigError, resolve, run_dir_for
-from data.annotations import DataError
+from common.checkpoint import read_checkpoint
+from common.cli import run_main
+from common.errors import ConfigError
+from common.runtime import init_distributed, is_main, pick_device
 from dataloader import build_dataloaders
-from runtime import init_distributed, is_main, pick_device
-from trainer import Trainer, TrainingError
-
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError)
+from model import OPTIONS, recipe_for, resolve_config, run_dir_for
+from trainer import RESUME_MAY_CHANGE, Trainer
 
 
 def resume_config(run_dir: Path, cli: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -31,7 +29,7 @@ def resume_config(run_dir: Path, cli: dict[str, Any]) -> tuple[dict[str, Any], d
     for name in cli["explicit"]:
         if name in RESUME_MAY_CHANGE:
             config[name] = cli[name]
-        elif cli[name] != config.get(name, BY_NAME[name].default):
+        elif cli[name] != config.get(name, OPTIONS.by_name[name].default):
             raise ConfigError(
                 f"--{name} differs from the run being resumed ({config.get(name)!r}); "
                 f"on --resume only {', '.join(sorted(RESUME_MAY_CHANGE - {'resume'}))} may change"
@@ -55,7 +53,7 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 def run(argv: Sequence[str] | None = None) -> Path:
     """Parse, build, train; returns the run folder."""
-    cli = resolve(argv)
+    cli = resolve_config(argv)
     state = None
     if cli.get("resume"):
         run_dir = Path(cli["resume"])
@@ -70,19 +68,19 @@ def run(argv: Sequence[str] | None = None) -> Path:
     if state is None:
         prepare_run_dir(run_dir, config["overwrite"])
 
-    member = config["ensemble"] or 0
+    member = config.get("ensemble") or 0
     seed = config["seed"] + member
     torch.manual_seed(seed)
-    data_config = {**config, "seed": seed}
     start_batch = state["sampler_position"] if state else 0
-    data = build_dataloaders(data_config, start_batch=start_batch)
-    config["tile_size"] = data_config["tile_size"]
+    data = build_dataloaders({**config, "seed": seed}, start_batch=start_batch)
+    config["tile_size"] = data.tile_size
 
-    recipe = build_recipe(config, data, state, device, run_dir)
+    recipe = recipe_for(config["model_type"])
+    built = recipe.build(config, data, state, device, run_dir)
     if is_main():
         (run_dir / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "explicit"}, sort_keys=True))
-    trainer = Trainer(config, recipe.model, config["model_type"], recipe.model_config, recipe.task, recipe.data.train,
-                      recipe.data.val, run_dir, device, state)
+    trainer = Trainer(config, built.model, config["model_type"], built.model_config, built.task, built.data.train,
+                      built.data.val, run_dir, device, state)
     metrics = trainer.fit()
     if is_main():
         summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
@@ -90,18 +88,13 @@ def run(argv: Sequence[str] | None = None) -> Path:
     return run_dir
 
 
+def shut_down_processes() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(argv)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return run_main(run, argv, cleanup=shut_down_processes)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -17,22 +17,54 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from checkpoint import save_checkpoint
+from common.checkpoint import save_checkpoint
+from common.errors import ConfigError, TrainingError
+from common.options import Option, flag_bool
+from recipes.tasks import Task
 
 STEP_CHECKPOINT = "step_{:07d}.pt"
 
+O = Option
+TRAIN_OPTIONS: tuple[Option, ...] = (
+    O("optimizer", str, "adamw", "optimiser", ("adam", "adamw", "sgd"), "train"),
+    O("learning_rate", float, 1e-4, "peak learning rate", None, "train", ("lr",)),
+    O("weight_decay", float, 0.0, "weight decay", None, "train"),
+    O("lr_schedule", str, "constant", "after warm-up: constant or cosine decay to zero", ("constant", "cosine"), "train"),
+    O("warmup_steps", int, 0, "linear learning-rate warm-up steps", None, "train"),
+    O("batch_size", int, 32, "training batch size per process", None, "train"),
+    O("batch_validation", int, 64, "validation batch size", None, "train"),
+    O("max_steps", int, 10000, "optimiser steps to train for", None, "train"),
+    O("grad_accum", int, 1, "micro-batches accumulated per optimiser step (no all-reduce until the last)", None, "train"),
+    O("grad_clip", float, 1.0, "clip the gradient norm to this (0: off)", None, "train"),
+    O("ema_decay", float, None, "EMA decay of the weights (0: off; default 0.9995 for diffusion models, 0 for classifiers and autoencoders)", None, "train"),
+    O("precision", str, "fp32", "fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA)", ("fp32", "bf16", "fp16"), "train"),
+    O("loss_function", str, None, "diffusion and sdm: l1, l2 or huber (default l2); classifiers: bce", ("l1", "l2", "huber", "bce"), "train"),
+    O("val_every", int, 500, "validate every N steps (0: only at the end)", None, "train"),
+    O("val_batches", int, 0, "validation batches per validation (0: the whole set)", None, "train"),
+    O("save_every", int, 0, "also keep a checkpoint every N steps (0: only last and best)", None, "train"),
+    O("log_every", int, 50, "write training loss to the logs every N steps", None, "train"),
+    O("early_stopping", int, 0, "stop after N validations without improvement (0: off)", None, "train"),
+    O("compile", flag_bool, False, "torch.compile the network", None, "train"),
+    O("channels_last", flag_bool, False, "channels-last memory format (faster convolutions on GPU)", None, "train"),
+)
+RESUME_MAY_CHANGE = {"max_steps", "device", "num_workers", "resume", "early_stopping", "val_every", "save_every", "log_every"}
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
+def check_training_options(config: dict) -> None:
+    """Ranges of the optimisation options (ConfigError)."""
+    checks = [
+        ("batch_size", config["batch_size"] >= 1, "at least 1"),
+        ("batch_validation", config["batch_validation"] >= 1, "at least 1"),
+        ("max_steps", config["max_steps"] >= 1, "at least 1"),
+        ("grad_accum", config["grad_accum"] >= 1, "at least 1"),
+        ("learning_rate", config["learning_rate"] > 0, "positive"),
+        ("ema_decay", 0.0 <= config["ema_decay"] < 1.0, "in [0, 1)"),
+        ("num_workers", config["num_workers"] >= 0, "non-negative"),
+    ]
+    for name, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"--{name} must be {expected}, got {config[name]}")
 
-class Task(Protocol):
-    monitor: str
-    higher_is_better: bool
-
-    def training_loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor: ...
-
-    def validate(self, model: nn.Module, loader: Any, device: torch.device, max_batches: int = 0) -> dict[str, float]: ...
 
 
 def ema_with_warmup(decay: float):
@@ -123,7 +155,7 @@ class Trainer:
             self.optimizer, lr_lambda(config["warmup_steps"], config["max_steps"], config["lr_schedule"])
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=config["precision"] == "fp16")
-        self.discriminator: nn.Module | None = getattr(task, "discriminator", None)
+        self.discriminator = task.discriminator
         self.d_optimizer = None
         if self.discriminator is not None:
             self.discriminator.to(device)
@@ -209,8 +241,7 @@ class Trainer:
     def _train_step(self, batches) -> float:
         """One optimiser step over grad_accum micro-batches (and the discriminator's step, when adversarial)."""
         accum = self.config["grad_accum"]
-        if hasattr(self.task, "step"):
-            self.task.step = self.step
+        self.task.set_step(self.step)
         adversarial = self.discriminator is not None and self.task.discriminator_active()
         total = torch.zeros((), device=self.device)
         for i in range(accum):
@@ -262,7 +293,7 @@ class Trainer:
         try:
             with self._autocast():
                 metrics = self.task.validate(model, self.val_loader, self.device, self.config["val_batches"])
-                if self.is_main and hasattr(self.task, "write_pictures"):
+                if self.is_main:
                     self.task.write_pictures(model, self.val_loader, self.device, self.run_dir / "pictures" / f"step_{self.step:07d}.png")
             return metrics
         finally:
@@ -273,7 +304,7 @@ class Trainer:
         cfg = self.config
         resumed = self.step if self.step > 0 else None
         writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=resumed) if self.is_main else None
-        extra = list(getattr(self.task, "log_fields", ()))
+        extra = list(self.task.log_fields)
         train_log = CsvLog(self.run_dir / "train_log.csv", ["step", "loss", "lr", "images_per_s", *extra], resumed) if self.is_main else None
         val_log = None
         metrics: dict[str, float] = {}
@@ -294,7 +325,7 @@ class Trainer:
                 if self.is_main and (self.step % cfg["log_every"] == 0 or last):
                     rate = images / max(time.perf_counter() - tic, 1e-9)
                     lr = self.scheduler.get_last_lr()[0]
-                    logs = dict(getattr(self.task, "last_logs", {}))
+                    logs = dict(self.task.last_logs)
                     train_log.write({"step": self.step, "loss": loss, "lr": lr, "images_per_s": rate, **logs})
                     writer.add_scalar("train/loss", loss, self.step)
                     for name, value in logs.items():

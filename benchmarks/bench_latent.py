@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import int_list  # noqa: E402
+from common.options import int_list  # noqa: E402
 from diffusion.autoencoder import AutoencoderKL, VQVAE  # noqa: E402
 from diffusion.discriminator import PatchDiscriminator, generator_adv_loss, hinge_d_loss  # noqa: E402
 from diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
@@ -71,7 +71,7 @@ def main() -> None:
     ae.eval()
     latent_size = args.image_size // ae.downsample_factor
     unet = UNet(image_size=latent_size, in_channels=args.latent_channels, out_channels=args.latent_channels, dim=args.dim,
-                dim_mults=args.dim_mults, attn_resolutions=[latent_size // 2], conditions=("label",), num_labels=12)
+                dim_mults=args.dim_mults, attention_resolutions=[latent_size // 2], conditions=("label",), num_labels=12)
     model = LatentDiffusion(unet, ae, 1.0).to(device)
     diffusion = GaussianDiffusion.from_config("cosine", 1000)
     ldm_opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)

@@ -16,23 +16,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import int_list  # noqa: E402
+from common.options import int_list  # noqa: E402
 from diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
 from diffusion.guidance import classifier_free_guidance  # noqa: E402
 from diffusion.samplers import ddim_sample  # noqa: E402
-from diffusion.sdm_unet import SDMUNet  # noqa: E402
 from diffusion.unet import UNet  # noqa: E402
 from model import load_checkpoint  # noqa: E402
-from transitions import SamplingOptions, render_sequences  # noqa: E402
+from recipes.transitions import SamplingOptions, render_sequences  # noqa: E402
 
 
 def sdm_benchmark(args: argparse.Namespace, device: torch.device) -> None:
     """Seconds per tile of guided DDIM sampling from random layouts with a randomly initialised SDM UNet."""
     torch.manual_seed(0)
     levels = [args.image_size // 2**i for i in range(len(args.dim_mults))]
-    model = SDMUNet(image_size=args.image_size, out_channels=6, model_channels=args.dim, channel_mult=args.dim_mults,
-                    num_res_blocks=args.num_res_blocks, attention_resolutions=[r for r in levels if r <= args.image_size // 4],
-                    semantic_channels=5).to(device).eval()
+    model = UNet(image_size=args.image_size, out_channels=6, dim=args.dim, dim_mults=args.dim_mults,
+                 num_res_blocks=args.num_res_blocks, attention_resolutions=[r for r in levels if r <= args.image_size // 4],
+                 conditions=["semantic"], cond_drop_prob=0.2, semantic_channels=5, resblock_updown=True).to(device).eval()
     diffusion = GaussianDiffusion.from_config("cosine", 1000, learn_sigma=True)
     maps = torch.rand(args.sequences, 5, args.image_size, args.image_size, device=device)
     x_T = torch.randn(args.sequences, 3, args.image_size, args.image_size, device=device)

@@ -16,22 +16,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import int_list  # noqa: E402
+from common.options import int_list  # noqa: E402
 from diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
-from diffusion.sdm_unet import SDMUNet  # noqa: E402
 from diffusion.unet import UNet, count_parameters  # noqa: E402
 
 SEMANTIC_CHANNELS = 5  # one-hot nucleus/background, instance edges, hv maps
 
 
 def build(args: argparse.Namespace) -> torch.nn.Module:
+    common = dict(image_size=args.image_size, dim=args.dim, dim_mults=args.dim_mults, num_res_blocks=args.num_res_blocks,
+                  attention_resolutions=args.attention_resolutions, num_head_channels=args.num_head_channels,
+                  use_checkpoint=args.use_checkpoint)
     if args.model == "sdm":
-        return SDMUNet(image_size=args.image_size, out_channels=6, model_channels=args.dim, channel_mult=args.dim_mults,
-                       num_res_blocks=args.num_res_blocks, attention_resolutions=args.attention_resolutions,
-                       num_head_channels=args.num_head_channels, semantic_channels=SEMANTIC_CHANNELS,
-                       spade_hidden=args.spade_hidden, use_checkpoint=args.use_checkpoint)
-    return UNet(image_size=args.image_size, dim=args.dim, dim_mults=args.dim_mults, num_res_blocks=args.num_res_blocks,
-                attn_resolutions=args.attention_resolutions, num_head_channels=args.num_head_channels)
+        return UNet(**common, out_channels=6, conditions=["semantic"], cond_drop_prob=0.2,
+                    semantic_channels=SEMANTIC_CHANNELS, spade_hidden=args.spade_hidden, resblock_updown=True)
+    return UNet(**common)
 
 
 def main() -> None:
@@ -44,7 +43,7 @@ def main() -> None:
     p.add_argument("--attention_resolutions", type=int_list, default=[16])
     p.add_argument("--num_head_channels", type=int, default=32)
     p.add_argument("--spade_hidden", type=int, default=128, help="sdm: hidden channels of the SPADE blocks")
-    p.add_argument("--use_checkpoint", action="store_true", help="sdm: gradient checkpointing")
+    p.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")

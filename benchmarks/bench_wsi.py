@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import int_list  # noqa: E402
+from common.options import int_list  # noqa: E402
 from data.annotations import Annotation, ClassMap  # noqa: E402
 from data.sliderunner import read_sliderunner  # noqa: E402
 from data.synthetic import generate_synthetic_dataset, synthetic_paths  # noqa: E402

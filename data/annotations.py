@@ -4,9 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from common.errors import DataError
 
-class DataError(ValueError):
-    """Bad input data: the message names the file or flag and what was expected."""
 
 
 @dataclass(frozen=True)

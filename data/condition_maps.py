@@ -208,3 +208,13 @@ def maps_to_picture(maps: np.ndarray, options: MapOptions) -> np.ndarray:
     if options.instance:
         picture[maps[k] > 0.5] = 255
     return picture
+
+
+def map_settings(config: dict) -> dict:
+    """The condition maps of a run's layout options (stored in sdm checkpoints so sampling builds the same maps)."""
+    return {
+        "num_classes": config["num_classes"],
+        "instance": not config["no_instance"],
+        "hv": bool(config["use_hv_map"]),
+        "colour": bool(config["use_col_map"]),
+    }

@@ -20,13 +20,14 @@ import torch
 from PIL import Image
 from skimage.draw import polygon as fill_polygon
 from skimage.segmentation import relabel_sequential
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from data.annotations import DataError
+from data.base import SeededDataset, dihedral
 from data.cached_folder import CachedFolder
 from data.condition_maps import MapOptions, build_maps
-from data.wsi import dihedral, to_model_range
+from data.splits import split_by_group
+from data.wsi import to_model_range
 
 IMAGES_DIR = "Tissue Images"
 ANNOTATIONS_DIR = "Annotations"
@@ -365,19 +366,6 @@ def source_of(name: str) -> str:
     return match.group("source") if match else name
 
 
-def held_out_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]:
-    """round(fraction * n) of the n distinct `groups`, drawn by `seed`; at least one and never all when
-    `fraction` > 0 and n >= 2, none otherwise."""
-    distinct = sorted(set(groups))
-    count = int(round(fraction * len(distinct)))
-    if fraction > 0 and len(distinct) >= 2:
-        count = min(max(count, 1), len(distinct) - 1)
-    else:
-        count = 0
-    order = np.random.default_rng(seed).permutation(len(distinct))
-    return {distinct[i] for i in order[:count]}
-
-
 def split_names(names: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Deterministic train/validation split of tile stems; tiles of one source image stay together.
 
@@ -386,13 +374,10 @@ def split_names(names: Sequence[str], val_fraction: float, seed: int) -> tuple[l
     """
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val_fraction: expected a share in [0, 1), got {val_fraction}")
-    val_sources = held_out_groups([source_of(n) for n in names], val_fraction, seed)
-    train = [n for n in names if source_of(n) not in val_sources]
-    val = [n for n in names if source_of(n) in val_sources]
-    return train, val
+    return split_by_group(list(names), val_fraction, seed, source_of)
 
 
-class LayoutPatches(Dataset):
+class LayoutPatches(SeededDataset):
     """Tiles of a tiled folder with their condition maps: `image`, `semantic`, `inst_mask`, `meta`.
 
     Nucleus types, where a data set has them, come from an optional `types/` folder: one class map per tile
@@ -458,13 +443,13 @@ class LayoutPatches(Dataset):
         return read_instance_mask(path)
 
     def __getitem__(self, index: int) -> dict:
-        name = self.names[index % len(self.names)]
+        name = self.names[self.wrap(index)]
         image, inst = self.load(name)
         types = self.load_types(name)
-        rng = np.random.default_rng([self.seed, index])
+        rng = self.sample_rng(index)
         options = self.maps
         if self.augment:
-            k = int(rng.integers(8))
+            k = self.draw_dihedral(rng)
             image, inst = dihedral(image, k), dihedral(inst, k)
             types = None if types is None else dihedral(types, k)
         else:

@@ -15,10 +15,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import openslide
 import torch
-from torch.utils.data import Dataset
 
 from data.annotations import DataError
-from data.wsi import dihedral, read_patch, to_model_range
+from data.base import SeededDataset
+from data.splits import tail_split
+from data.wsi import read_patch, to_model_range
 
 STACK_SPLITS = ("train", "test", "all")
 WHITE_MEAN = 220.0
@@ -56,14 +57,13 @@ def split_tiles(count: int, split: str, test_size: int) -> range:
         raise DataError(f"split: expected one of {STACK_SPLITS}, got {split!r}")
     if not 0 <= test_size < count:
         raise DataError(f"test_size must be between 0 and the number of tiles - 1 ({count - 1}), got {test_size}")
-    if split == "train":
-        return range(0, count - test_size)
-    if split == "test":
-        return range(count - test_size, count)
-    return range(count)
+    if split == "all":
+        return range(count)
+    train, test = tail_split(count, test_size)
+    return train if split == "train" else test
 
 
-class TileStack(Dataset):
+class TileStack(SeededDataset):
     """The tiles of one split of a stack: `image` (float32 3 x H x W in [-1, 1]), `meta`, and `label` if given.
 
     `indices` restricts the split to these global tile numbers (each must belong to the split), in the order
@@ -119,17 +119,9 @@ class TileStack(Dataset):
         self.split = split
         self.augment = augment
         self.seed = seed
-        self._array: np.ndarray | None = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_array"] = None
-        return state
 
     def _stack(self) -> np.ndarray:
-        if self._array is None:
-            self._array = open_stack(self.path)
-        return self._array
+        return self.handle("stack", lambda: open_stack(self.path))
 
     @property
     def names(self) -> list[str]:
@@ -146,12 +138,8 @@ class TileStack(Dataset):
         return np.array(data)
 
     def __getitem__(self, index: int) -> dict:
-        if index < 0:
-            raise IndexError(f"TileStack index must be >= 0, got {index}")
-        number = self.tiles[index % len(self.tiles)]
-        patch = self.tile(number)
-        if self.augment:
-            patch = np.ascontiguousarray(dihedral(patch, int(np.random.default_rng([self.seed, index]).integers(8))))
+        number = self.tiles[self.wrap(index)]
+        patch = self.oriented(self.tile(number), index)
         sample = {
             "image": torch.from_numpy(to_model_range(patch)),
             "meta": {"tile": number, "name": tile_name(number)},

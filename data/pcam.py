@@ -3,37 +3,25 @@
 Two layouts are read. The original h5 release, `camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5`
 (dataset `x`: uint8 (N, 96, 96, 3); dataset `y`: labels (N, 1, 1, 1)), and the Kaggle release,
 `train/{id}.tif` with `train_labels.csv` (`id,label`). Both give the sample contract: `image` (float32
-3 x c x c in [-1, 1]), `label` (0 or 1) and `meta` (`index`, `name`). The fake writers paint small sets in the
-same layouts, with dense dark irregular nuclei on tumour patches and sparse pale nuclei on the others.
+3 x c x c in [-1, 1]), `label` (0 or 1) and `meta` (`index`, `name`). Fake sets in both layouts are written by
+`data.synthetic_pcam`.
 """
 from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import h5py
 import numpy as np
-import tifffile
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
 
 from data.annotations import DataError
-from data.synthetic import (
-    Canvas,
-    draw_nucleus,
-    local_grid,
-    place_nuclei,
-    rotate,
-    smooth_noise,
-    soft_inside,
-    stain_to_rgb,
-    stroma,
-)
-from data.wsi import dihedral, to_model_range
+from data.base import SeededDataset
+from data.splits import draw_held_out, partition, share_of
+from data.wsi import to_model_range
 
 PCAM_SPLITS = ("train", "valid", "test")
 PATCH_SIZE = 96
@@ -41,8 +29,6 @@ H5_KEYS = {"x": "x", "y": "y"}
 KAGGLE_IMAGES = "train"
 KAGGLE_LABELS = "train_labels.csv"
 KAGGLE_SUFFIX = ".tif"
-TUMOUR_DENSITY = (32.0, 48.0)
-NORMAL_DENSITY = (3.0, 7.0)
 
 
 def h5_path(root: str | Path, split: str, kind: str) -> Path:
@@ -83,12 +69,8 @@ def centre_window(size: int, crop: int) -> slice:
     return slice(start, start + crop)
 
 
-def make_sample(
-    patch: np.ndarray, label: int, index: int, name: str, augment: bool, seed: int, position: int
-) -> dict:
-    """The sample of one uint8 H x W x 3 patch; `augment` applies one of 8 dihedral maps drawn from (seed, position)."""
-    if augment:
-        patch = dihedral(patch, int(np.random.default_rng([seed, position]).integers(8)))
+def make_sample(patch: np.ndarray, label: int, index: int, name: str) -> dict:
+    """The sample of one uint8 H x W x 3 patch."""
     return {
         "image": torch.from_numpy(to_model_range(np.ascontiguousarray(patch))),
         "label": int(label),
@@ -141,7 +123,7 @@ def read_h5_labels(x_path: Path, y_path: Path) -> tuple[np.ndarray, tuple[int, i
     return labels, patch_shape
 
 
-class PCamH5(Dataset):
+class PCamH5(SeededDataset):
     """One split of the PatchCamelyon h5 release.
 
     `crop` takes a centred crop of that many px (read from the file at that size); `label_filter` keeps only
@@ -173,27 +155,9 @@ class PCamH5(Dataset):
         self.split = split
         self.augment = augment
         self.seed = seed
-        self._file: h5py.File | None = None
-        self._owner_pid: int | None = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_file"] = None
-        state["_owner_pid"] = None
-        return state
 
     def _images(self) -> h5py.Dataset:
-        if self._file is None or self._owner_pid != os.getpid():
-            self._file = _open_h5(self.x_path)
-            self._owner_pid = os.getpid()
-        return self._file[H5_KEYS["x"]]
-
-    def close(self) -> None:
-        """Close this process' image file (it is reopened on the next read)."""
-        if self._file is not None and self._owner_pid == os.getpid():
-            self._file.close()
-        self._file = None
-        self._owner_pid = None
+        return self.handle("x", lambda: _open_h5(self.x_path))[H5_KEYS["x"]]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -203,12 +167,10 @@ class PCamH5(Dataset):
         return f"pcam_{self.split}_{row:06d}"
 
     def __getitem__(self, index: int) -> dict:
-        if index < 0:
-            raise IndexError(f"PCamH5 index must be >= 0, got {index}")
-        position = index % len(self.rows)
+        position = self.wrap(index)
         row = int(self.rows[position])
         patch = np.asarray(self._images()[row, self.window[0], self.window[1], :])
-        return make_sample(patch, self.labels[position], row, self.name(row), self.augment, self.seed, index)
+        return make_sample(self.oriented(patch, index), self.labels[position], row, self.name(row))
 
 
 def read_kaggle_labels(path: Path) -> dict[str, tuple[int, int]]:
@@ -233,7 +195,7 @@ def read_kaggle_labels(path: Path) -> dict[str, tuple[int, int]]:
     return entries
 
 
-class PCamKaggle(Dataset):
+class PCamKaggle(SeededDataset):
     """The Kaggle PatchCamelyon training set: `root/train/{id}.tif` labelled by `root/train_labels.csv`.
 
     `ids` selects patches (default: every id of the CSV, in its order); `crop`, `label_filter`, `augment`,
@@ -299,14 +261,10 @@ class PCamKaggle(Dataset):
         return patch
 
     def __getitem__(self, index: int) -> dict:
-        if index < 0:
-            raise IndexError(f"PCamKaggle index must be >= 0, got {index}")
-        position = index % len(self.ids)
+        position = self.wrap(index)
         patch_id = self.ids[position]
         patch = self.read(patch_id)[self.window, self.window]
-        return make_sample(
-            patch, self.labels[position], self.rows[position], patch_id, self.augment, self.seed, index
-        )
+        return make_sample(self.oriented(patch, index), self.labels[position], self.rows[position], patch_id)
 
 
 def kaggle_split(ids: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -317,124 +275,10 @@ def kaggle_split(ids: Sequence[str], val_fraction: float, seed: int = 0) -> tupl
         raise DataError("kaggle_split: ids must be unique")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction: expected a share in (0, 1), got {val_fraction!r}")
-    held = max(1, round(len(ids) * val_fraction))
+    held = max(1, share_of(len(ids), val_fraction))
     if held >= len(ids):
         raise DataError(
             f"kaggle_split: {len(ids)} ids leave none for training with val_fraction={val_fraction} (expected >= 2 ids)"
         )
-    validation = np.zeros(len(ids), dtype=bool)
-    validation[np.random.default_rng(seed).permutation(len(ids))[:held]] = True
-    return [i for i, v in zip(ids, validation) if not v], [i for i, v in zip(ids, validation) if v]
-
-
-# ---------------------------------------------------------------------------------------------
-# Fake sets in the real layouts
-# ---------------------------------------------------------------------------------------------
-
-
-def draw_tumour_nucleus(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
-    """A tumour nucleus: large, dark, hyperchromatic, with an irregular (notched, lumpy) outline."""
-    a = rng.uniform(4.5, 7.5)
-    b = a * rng.uniform(0.6, 0.95)
-    yy, xx = local_grid(int(np.ceil(a)) + 3, tuple(rng.uniform(-0.5, 0.5, 2)))
-    along, across = rotate(yy, xx, rng.uniform(0, np.pi))
-    r = np.sqrt((along / a) ** 2 + (across / b) ** 2)
-    ragged = (r - 1.0) * b + 0.9 * smooth_noise(rng, yy.shape, 1.5)
-    alpha = soft_inside(ragged, 0.5)
-    clumps = np.clip(smooth_noise(rng, yy.shape, 1.0), -2.0, 2.0)
-    h = rng.uniform(1.4, 2.0) * (0.85 + 0.15 * clumps)
-    return alpha, h.astype(np.float32), 0.1
-
-
-def render_pcam_patch(rng: np.random.Generator, label: int, size: int = PATCH_SIZE) -> np.ndarray:
-    """One H&E-like uint8 size x size x 3 patch: tumour (1) packed with dark irregular nuclei, else (0)
-    stroma with a few pale nuclei."""
-    hematoxylin, eosin, gaps = stroma(rng, size, size)
-    canvas = Canvas(hematoxylin + (0.08 if label else 0.0), eosin)
-    tissue = 1.0 - gaps
-    if label:
-        centres = place_nuclei(rng, tissue, rng.uniform(*TUMOUR_DENSITY), np.zeros((0, 2), np.int64))
-        draw: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray, float]] = draw_tumour_nucleus
-    else:
-        centres = place_nuclei(rng, tissue, rng.uniform(*NORMAL_DENSITY), np.zeros((0, 2), np.int64))
-        draw = draw_nucleus
-    for cy, cx in centres:
-        alpha, h, e = draw(rng)
-        canvas.paint(int(cy), int(cx), alpha, h, e)
-    return stain_to_rgb(rng, canvas)
-
-
-def fake_patches(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 (n, 96, 96, 3) patches, int labels (n,)): half of each class (one more 0 for odd n), shuffled."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise DataError(f"n: expected a positive number of patches, got {n!r}")
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(n) % 2).astype(np.int64)
-    patches = np.stack([render_pcam_patch(rng, int(label)) for label in labels])
-    return patches, labels
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _refuse_existing(paths: Sequence[Path]) -> None:
-    existing = [str(p) for p in paths if p.exists()]
-    if existing:
-        raise DataError(f"{existing[0]} already exists; choose an empty folder for the fake PatchCamelyon set")
-
-
-def make_fake_pcam_h5(
-    root: str | Path, n: int = 16, seed: int = 0, splits: Sequence[str] = PCAM_SPLITS
-) -> Path:
-    """Write `n` painted patches per split as the h5 release's x and y files in `root`; returns `root`."""
-    root = Path(root)
-    targets = [h5_path(root, split, kind) for split in splits for kind in ("x", "y")]
-    _refuse_existing(targets)
-    root.mkdir(parents=True, exist_ok=True)
-    for split in splits:
-        patches, labels = fake_patches(n, seed * len(PCAM_SPLITS) + PCAM_SPLITS.index(split))
-
-        def write_x(path: Path, patches: np.ndarray = patches) -> None:
-            with h5py.File(path, "w") as handle:
-                handle.create_dataset(H5_KEYS["x"], data=patches, chunks=(1, *patches.shape[1:]))
-
-        def write_y(path: Path, labels: np.ndarray = labels) -> None:
-            with h5py.File(path, "w") as handle:
-                handle.create_dataset(H5_KEYS["y"], data=labels.astype(np.uint8).reshape(-1, 1, 1, 1))
-
-        _write_atomically(h5_path(root, split, "x"), write_x)
-        _write_atomically(h5_path(root, split, "y"), write_y)
-    return root
-
-
-def make_fake_pcam_kaggle(root: str | Path, n: int = 16, seed: int = 0) -> Path:
-    """Write `n` painted patches as `root/train/{id}.tif` with `root/train_labels.csv`; returns `root`."""
-    root = Path(root)
-    image_dir, labels_path = root / KAGGLE_IMAGES, root / KAGGLE_LABELS
-    _refuse_existing([image_dir, labels_path])
-    patches, labels = fake_patches(n, seed)
-    id_rng = np.random.default_rng([seed, 1])
-    ids = [id_rng.bytes(20).hex() for _ in range(n)]
-    image_dir.mkdir(parents=True)
-    for patch_id, patch in zip(ids, patches):
-        _write_atomically(
-            image_dir / (patch_id + KAGGLE_SUFFIX),
-            lambda path, patch=patch: tifffile.imwrite(path, patch, photometric="rgb"),
-        )
-
-    def write_labels(path: Path) -> None:
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", "label"])
-            writer.writerows(zip(ids, labels.tolist()))
-
-    _write_atomically(labels_path, write_labels)
-    return root
+    validation = draw_held_out(ids, held, seed)
+    return partition(ids, lambda i: i in validation)

@@ -21,7 +21,7 @@ from data.annotations import DataError
 from data.cached_folder import CachedFolder
 from data.generator_cli import generator_main
 from data.monuseg import ANNOTATIONS_DIR, IMAGES_DIR, MIN_AREA
-from data.synthetic import Canvas, local_grid, rotate, smooth_noise, soft_inside, stain_to_rgb, stroma
+from data.painting import Canvas, NucleusLook, local_grid, shade_ellipse, stain_to_rgb, stroma
 
 FORMAT_VERSION = 1
 REFERENCE_AREA = 256 * 256
@@ -32,6 +32,7 @@ PLACEMENT_TRIES = 40
 CLEARANCE = 2
 MIN_VERTICES = 16
 MAX_VERTICES = 40
+LARGE_NUCLEUS = NucleusLook((0.9, 1.6), 0.8, 0.15, 1.2, 0.3, 0.12, 0.5, 0.8, 2.0)
 
 
 @dataclass(frozen=True)
@@ -77,16 +78,8 @@ def draw_large_nucleus(rng: np.random.Generator) -> Nucleus:
     b = a * rng.uniform(0.55, 1.0)
     radius = int(np.ceil(a)) + 3
     yy, xx = local_grid(radius, tuple(rng.uniform(-0.5, 0.5, 2)))
-    along, across = rotate(yy, xx, rng.uniform(0, np.pi))
-    r = np.sqrt((along / a) ** 2 + (across / b) ** 2)
-    alpha = soft_inside((r - 1.0) * b, 0.6)
-    speckle = np.clip(smooth_noise(rng, yy.shape, 1.2), -2.0, 2.0)
-    rim = 0.3 * np.exp(-(((r - 0.9) / 0.12) ** 2))
-    h = rng.uniform(0.9, 1.6) * (0.8 + 0.15 * speckle + rim)
-    if rng.random() < 0.5:
-        oy, ox = rng.uniform(-0.4, 0.4, 2) * b
-        h = h + 0.8 * np.exp(-((yy - oy) ** 2 + (xx - ox) ** 2) / 2.0)
-    return Nucleus(alpha=alpha, h=h.astype(np.float32), e=0.12, mask=alpha > 0.5)
+    alpha, h = shade_ellipse(rng, yy, xx, a, b, LARGE_NUCLEUS)
+    return Nucleus(alpha=alpha, h=h, e=0.12, mask=alpha > 0.5)
 
 
 def stamp_window(

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import csv
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import openslide
 import torch
-from torch.utils.data import Dataset
 
 from data.annotations import Annotation, DataError
+from data.base import SeededDataset, dihedral
+from data.mixing import mixed_slots
+from data.splits import split_by_quantile
 
 SCALINGS = ("minmax", "percentile")
 SPLITS = ("slides", "y_percentile")
@@ -39,12 +40,6 @@ def to_model_range(patch: np.ndarray, scaling: str = "minmax") -> np.ndarray:
     else:
         raise DataError(f"--scaling: expected one of {SCALINGS}, got {scaling!r}")
     return np.ascontiguousarray((x * 2.0 - 1.0).transpose(2, 0, 1))
-
-
-def dihedral(patch: np.ndarray, k: int) -> np.ndarray:
-    """One of the 8 rotations by 90 degrees and flips of an HxWxC array (k in 0..7)."""
-    out = np.rot90(patch, k % 4, axes=(0, 1))
-    return out[:, ::-1] if k >= 4 else out
 
 
 def resolve_slides(annotations: Sequence[Annotation], slides_dir: str | Path) -> dict[str, Path]:
@@ -105,15 +100,7 @@ def split_annotations(
     if mode == "y_percentile":
         if not 0.0 < val_fraction < 1.0:
             raise DataError(f"--val_fraction must be in (0, 1), got {val_fraction}")
-        train, val = [], []
-        by_slide: dict[str, list[Annotation]] = {}
-        for a in annotations:
-            by_slide.setdefault(a.slide, []).append(a)
-        for items in by_slide.values():
-            cut = np.quantile([a.y for a in items], 1.0 - val_fraction)
-            for a in items:
-                (val if a.y > cut else train).append(a)
-        return train, val
+        return split_by_quantile(annotations, lambda a: a.y, lambda a: a.slide, val_fraction)
     raise DataError(f"--split: expected one of {SPLITS}, got {mode!r}")
 
 
@@ -137,25 +124,26 @@ class PatchOptions:
     augment: bool = True
 
 
-class _SlidePatches(Dataset):
-    """Shared reading logic: lazily opened openslide handles, one set per worker process."""
+class _SlidePatches(SeededDataset):
+    """Shared reading logic: lazily opened openslide handles, one set per worker process.
+
+    `augment` is the `augment` of the patch options.
+    """
 
     def __init__(self, slide_paths: Mapping[str, Path], options: PatchOptions):
         self.slide_paths = dict(slide_paths)
         self.options = options
-        self._handles: dict[str, openslide.OpenSlide] = {}
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_handles"] = {}
-        return state
+    @property
+    def augment(self) -> bool:
+        return self.options.augment
+
+    @augment.setter
+    def augment(self, value: bool) -> None:
+        self.options = replace(self.options, augment=value)
 
     def _slide(self, name: str) -> openslide.OpenSlide:
-        handle = self._handles.get(name)
-        if handle is None:
-            handle = openslide.OpenSlide(str(self.slide_paths[name]))
-            self._handles[name] = handle
-        return handle
+        return self.handle(name, lambda: openslide.OpenSlide(str(self.slide_paths[name])))
 
     def _sample(self, ann: Annotation, dx: int = 0, dy: int = 0, k: int = 0) -> dict:
         opts = self.options
@@ -212,13 +200,10 @@ class WSITrainPatches(_SlidePatches):
     def is_mitotic_slot(self, index: int) -> bool:
         """Whether stream position `index` holds a mitotic patch (decided per batch)."""
         batch, pos = divmod(index, self.batch_size)
-        rng = np.random.default_rng([self.seed, batch, 0])
-        exact = self.mite_ratio * self.batch_size
-        count = int(math.floor(exact)) + int(rng.random() < exact - math.floor(exact))
-        return bool(rng.permutation(self.batch_size)[pos] < count)
+        return bool(mixed_slots(self.mite_ratio, self.batch_size, np.random.default_rng([self.seed, batch, 0]))[pos])
 
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, index, 1])
+        rng = self.sample_rng(index, 1)
         if self.mite_ratio is None:
             pool = self.annotations
         else:
@@ -226,8 +211,7 @@ class WSITrainPatches(_SlidePatches):
         ann = pool[int(rng.integers(len(pool)))]
         off = self.options.max_offset
         dx, dy = (rng.integers(-off, off + 1, size=2) if off > 0 else (0, 0))
-        k = int(rng.integers(8)) if self.options.augment else 0
-        return self._sample(ann, int(dx), int(dy), k)
+        return self._sample(ann, int(dx), int(dy), self.draw_dihedral(rng))
 
 
 class WSIEvalPatches(_SlidePatches):

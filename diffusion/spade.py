@@ -1,4 +1,5 @@
-"""Spatially-adaptive normalisation (SPADE): GroupNorm whose per-pixel scale and shift come from a semantic map."""
+"""Normalisation layers of the diffusion networks: GroupNorm sized to the channels, and SPADE (spatially-adaptive
+normalisation), a GroupNorm whose per-pixel scale and shift come from a semantic map."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion.network_inputs import positive_int
-from diffusion.unet import norm_groups
+
+
+def norm_groups(channels: int, max_groups: int = 32) -> int:
+    """Largest group count <= max_groups that divides channels."""
+    return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(norm_groups(channels), channels)
 
 
 class SPADE(nn.Module):

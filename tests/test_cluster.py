@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cluster
-from cluster import FEATURE_NAMES, cluster_patches, patch_features
+from tools import cluster
+from tools.cluster import FEATURE_NAMES, cluster_patches, patch_features
 from test_segmentation import write_tiled_folder
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import calinski_harabasz_score
 
-import cluster_validation as cv
+import tools.cluster_validation as cv
 
 # Two clusters of three points, both 3-4-5 right triangles; some between-cluster distances (3, 5) are as
 # short as within-cluster ones, so no index sits at its ideal value.

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from config import ConfigError, resolve, run_dir_for
+from common.errors import ConfigError
+from model import resolve_config as resolve
+from model import run_dir_for
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-import ablate
-import evaluate
+from tools import ablate
+from tools import evaluate
 import inference
 import train
 

@@ -15,7 +15,7 @@ from conftest import tiny_config
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.unet import UNet
 from test_train import TINY_UNET
-from transitions import SamplingOptions, parse_conditions, render_sequences
+from recipes.transitions import SamplingOptions, parse_conditions, render_sequences
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ class ScoreBlind(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.unet = UNet(image_size=8, dim=8, dim_mults=(1,), attn_resolutions=(), num_head_channels=8, conditions=())
+        self.unet = UNet(image_size=8, dim=8, dim_mults=(1,), attention_resolutions=(), num_head_channels=8, conditions=())
         torch.nn.init.normal_(self.unet.final_conv.weight, std=0.02)
         self.config = {"conditions": ["score"]}
 
@@ -65,7 +65,7 @@ def test_a_sequence_shares_start_and_per_step_noise(sampler):
 def test_inference_writes_pictures_and_scores(trained, tmp_path, capsys):
     out = tmp_path / "transitions"
     argv = ["--diffusion_ckpt", str(trained["diffusion"]), "--classifier_ckpts", str(trained["resnet"]),
-            "--conditions", "0:1:3", "--num_sequences", "2", "--steps", "3", "--out_dir", str(out)]
+            "--condition_values", "0:1:3", "--num_sequences", "2", "--steps", "3", "--out_dir", str(out)]
     assert inference.main(argv) == 0
     printed = capsys.readouterr().out
     assert "Spearman" in printed and "grid.png" in printed
@@ -111,6 +111,6 @@ def test_inference_errors(trained, tmp_path, capsys, kind):
     }[kind]
     assert inference.main(argv + ["--out_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and {"missing_ckpt": "does not exist", "classifier_as_diffusion": "sampling needs a diffusion, sdm, ldm or autoencoder checkpoint",
-                                          "bad_conditions": "--conditions"}[kind] in err
+    assert err.startswith("error: ") and {"missing_ckpt": "does not exist", "classifier_as_diffusion": "sampling needs a diffusion, sdm, ldm, vqvae or autoencoder_kl checkpoint",
+                                          "bad_conditions": "--condition_values"}[kind] in err
     assert not (tmp_path / "o").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cluster_validation
+from tools import cluster_validation
 import inference
 import train
 from data.npy_stack import tiles_from_slides, write_stack

@@ -8,7 +8,7 @@ from scipy import linalg
 from skimage.metrics import structural_similarity
 from torchvision.models import inception_v3
 
-from classifier import ResNetClassifier
+from recipes.classifier import ResNetClassifier
 from metrics import (
     ClassifierFeatures,
     EfficientNetLite0Features,

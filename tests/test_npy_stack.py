@@ -113,11 +113,11 @@ def test_pickled_dataset_holds_no_memory_map(stack4):
     path, tiles = stack4
     data = TileStack(path, split="all", test_size=2, labels={n: 1 for n in range(10)})
     before = data[5]
-    assert data._array is not None
+    assert data._handles
     blob = pickle.dumps(data)
     assert len(blob) < tiles.nbytes / 4
     copy = pickle.loads(blob)
-    assert copy._array is None
+    assert copy._handles is None
     after = copy[5]
     assert torch.equal(before["image"], after["image"]) and after["label"] == 1
     batches = list(DataLoader(data, batch_size=4, num_workers=2))

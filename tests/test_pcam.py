@@ -19,9 +19,8 @@ from data.pcam import (
     is_pcam_h5,
     is_pcam_kaggle,
     kaggle_split,
-    make_fake_pcam_h5,
-    make_fake_pcam_kaggle,
 )
+from data.synthetic_pcam import make_fake_pcam_h5, make_fake_pcam_kaggle
 from data.wsi import dihedral
 
 N = 10
@@ -127,14 +126,14 @@ def test_h5_augmentation_is_a_dihedral_map_fixed_by_seed_and_index(h5_root):
 def test_h5_dataset_pickles_without_its_file_and_loads_in_workers(h5_root):
     data = PCamH5(h5_root, crop=16)
     before = data[1]["image"]
-    assert data._file is not None
+    assert data._handles
     copy = pickle.loads(pickle.dumps(data))
-    assert copy._file is None
+    assert copy._handles is None
     assert torch.equal(copy[1]["image"], before)
     batch = next(iter(DataLoader(data, batch_size=4, num_workers=2)))
     assert batch["image"].shape == (4, 3, 16, 16) and batch["label"].tolist() == [data[i]["label"] for i in range(4)]
     data.close()
-    assert data._file is None and torch.equal(data[1]["image"], before)
+    assert data._handles is None and torch.equal(data[1]["image"], before)
 
 
 def test_h5_missing_file_is_named(tmp_path, h5_root):

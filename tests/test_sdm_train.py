@@ -11,7 +11,7 @@ import tifffile
 import torch
 from PIL import Image
 
-import cluster
+from tools import cluster
 import inference
 import train
 from data.synthetic_monuseg import SyntheticMonusegConfig, generate_synthetic_monuseg
@@ -102,7 +102,7 @@ def test_fine_tuning_needs_the_same_architecture(monuseg_root, tmp_path, capsys)
     pretrained = train.run(sdm_args(monuseg_root, tmp_path / "pre"))
     argv = sdm_args(monuseg_root, tmp_path / "fine", "--init_from", str(pretrained / "last.pt"), dim=16)
     assert train.main(argv) == 2
-    assert "architecture differs in model_channels" in capsys.readouterr().err
+    assert "architecture differs in dim;" in capsys.readouterr().err
 
 
 def test_sdm_flags_are_checked_against_the_checkpoint(monuseg_root, tmp_path, capsys):

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from skimage.draw import disk
 
-import segmentation
+from tools import segmentation
 from data.annotations import DataError
-from segmentation import (
+from tools.segmentation import (
     MixedBatchSampler,
     SegNet,
     comes_from,

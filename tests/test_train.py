@@ -145,7 +145,7 @@ def test_bf16_autocast_and_gradient_accumulation_on_cpu(synthetic_root, tmp_path
 def test_pretrained_weights_are_loaded(synthetic_root, tmp_path):
     from torchvision.models import resnet18
 
-    from classifier import ResNetClassifier
+    from recipes.classifier import ResNetClassifier
 
     reference = resnet18(weights=None)
     path = tmp_path / "resnet18.pth"

@@ -9,7 +9,7 @@ from PIL import Image
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.samplers import ddim_sample
 from diffusion.schedules import make_betas
-from trajectory import FrameLayout, TrajectoryRecorder
+from recipes.trajectory import FrameLayout, TrajectoryRecorder
 
 SIZE = 16
 

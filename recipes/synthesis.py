@@ -19,7 +19,7 @@ from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.guidance import classifier_free_guidance
 from diffusion.respace import respace, space_timesteps
 from diffusion.samplers import ddim_sample, ddpm_sample
-from figures import labelled_grid, to_uint8
+from common.figures import labelled_grid, to_uint8
 
 MASK_ORDERS = ("random", "shuffle", "in_order")
 

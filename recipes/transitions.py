@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from scipy.stats import spearmanr
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dataloader import build_datasets
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.guidance import classifier_free_guidance
 from diffusion.respace import respace, space_timesteps
 from diffusion.samplers import ddim_sample, ddpm_sample, sdedit_start
-from figures import labelled_grid, score_plot, to_uint8
+from common.figures import labelled_grid, score_plot, to_uint8
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -36,9 +36,9 @@ def parse_conditions(text: str) -> list[float]:
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
-        raise ValueError(f"--conditions: expected '0,0.5,1' or 'start:stop:count', got {text!r} ({err})") from None
+        raise ValueError(f"--condition_values: expected '0,0.5,1' or 'start:stop:count', got {text!r} ({err})") from None
     if not values:
-        raise ValueError("--conditions: no values given")
+        raise ValueError("--condition_values: no values given")
     return [round(v, 6) for v in values]
 
 
@@ -137,8 +137,10 @@ def spearman(conditions: np.ndarray, scores: np.ndarray) -> float:
     return float(spearmanr(conditions, scores).statistic)
 
 
-def load_start_images(from_image: Sequence[str] | None, from_patch: Sequence[int] | None, config: dict, size: int) -> tuple[torch.Tensor | None, list[str]]:
-    """(N, 3, size, size) real images in [-1, 1] and their names, from files or validation patches."""
+def load_start_images(from_image: Sequence[str] | None, from_patch: Sequence[int] | None,
+                      validation_set: Callable[[], Dataset | None], size: int) -> tuple[torch.Tensor | None, list[str]]:
+    """(N, 3, size, size) real images in [-1, 1] and their names, from files or the validation patches
+    of the checkpoint's data set (validation_set() builds them)."""
     if from_image:
         images = []
         for name in from_image:
@@ -156,7 +158,7 @@ def load_start_images(from_image: Sequence[str] | None, from_patch: Sequence[int
             images.append(array)
         return torch.stack(images), [Path(n).name for n in from_image]
     if from_patch:
-        _, val_set = build_datasets(config)
+        val_set = validation_set()
         if val_set is None:
             raise ValueError("--from_patch: the checkpoint's data set has no validation patches")
         bad = [i for i in from_patch if not 0 <= i < len(val_set)]

@@ -13,7 +13,7 @@ from torch import nn
 
 from diffusion.discriminator import adaptive_weight, generator_adv_loss, hinge_d_loss
 from diffusion.gaussian_diffusion import GaussianDiffusion
-from figures import labelled_grid
+from common.figures import labelled_grid
 
 VALIDATION_SEED = 1234
 
@@ -26,17 +26,52 @@ def limited(loader: Iterable, max_batches: int) -> Iterable:
         yield batch
 
 
-class DiffusionTask:
+class Task:
+    """What the trainer optimises and validates; the optional hooks have do-nothing defaults.
+
+    `discriminator`: an extra network trained adversarially (with `discriminator_active` and
+    `discriminator_loss`); `log_fields` / `last_logs`: extra columns of the training log;
+    `write_pictures`: a picture of the validation batch at each validation.
+    """
+
+    monitor = "loss"
+    higher_is_better = False
+    log_fields: tuple[str, ...] = ()
+    discriminator: nn.Module | None = None
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.last_logs: dict[str, float] = {}
+
+    def training_loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def validate(self, model: nn.Module, loader: Iterable, device: torch.device, max_batches: int = 0) -> dict[str, float]:
+        raise NotImplementedError
+
+    def set_step(self, step: int) -> None:
+        """Called before each optimiser step with the number of steps done."""
+        self.step = step
+
+    def discriminator_active(self) -> bool:
+        return False
+
+    def discriminator_loss(self, discriminator: nn.Module, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} trains no discriminator")
+
+    def write_pictures(self, model: nn.Module, loader: Iterable, device: torch.device, path: Path) -> None:
+        """Nothing by default."""
+
+
+class DiffusionTask(Task):
     """Denoising loss of GaussianDiffusion; validation uses a fixed generator so runs are comparable.
 
     With `encode`, images are first mapped to latents by the model's frozen autoencoder (latent diffusion);
     without it, batch["image"] is what is diffused (pixels, or latents cached beforehand).
     """
 
-    monitor = "loss"
-    higher_is_better = False
-
     def __init__(self, diffusion: GaussianDiffusion, conditions: Iterable[str], encode: bool = False):
+        super().__init__()
         self.diffusion = diffusion
         self.conditions = tuple(conditions)
         self.encode = encode
@@ -66,11 +101,8 @@ class DiffusionTask:
         return {"loss": total / max(count, 1)}
 
 
-class ClassifierTask:
+class ClassifierTask(Task):
     """Binary cross-entropy on the mitosis logit; targets may be soft (share of mitotic votes)."""
-
-    monitor = "loss"
-    higher_is_better = False
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         x = batch["image"].to(device, non_blocking=True)
@@ -108,11 +140,10 @@ def ssim_batch(x: torch.Tensor, y: torch.Tensor) -> list[float]:
     return [float(structural_similarity(to_uint8(a), to_uint8(b), channel_axis=-1, data_range=255)) for a, b in zip(x, y)]
 
 
-class AutoencoderTask:
+class AutoencoderTask(Task):
     """Reconstruction (L1/L2 + optional LPIPS) + VQ or KL term + PatchGAN loss with an adaptive weight."""
 
-    monitor = "loss"
-    higher_is_better = False
+    log_fields = ("rec", "regulariser", "perplexity", "g_weight", "g_loss", "d_loss")
 
     def __init__(
         self,
@@ -123,16 +154,14 @@ class AutoencoderTask:
         disc_start: int = 0,
         disc_weight: float = 0.5,
     ):
+        super().__init__()
         self.rec_loss = rec_loss
         self.perceptual = perceptual
         self.perceptual_weight = perceptual_weight
         self.discriminator = discriminator
         self.disc_start = disc_start
         self.disc_weight = disc_weight
-        self.step = 0
-        self.last_logs: dict[str, float] = {}
         self._pair: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.log_fields = ("rec", "regulariser", "perplexity", "g_weight", "g_loss", "d_loss")
 
     def discriminator_active(self) -> bool:
         return self.discriminator is not None and self.step >= self.disc_start

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torchvision import models
+
+from common.errors import ConfigError
+from common.options import Option
+from data.families import WSI_DATASETS
+from recipes.base import Recipe
+from recipes.tasks import ClassifierTask, Task
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -69,3 +75,53 @@ class Ensemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.member_probs(x).mean(0)
 
+
+
+CLASSIFIER_OPTIONS = (
+    Option("ensemble", int, None, "train ensemble member N (own seed, folder resnet/Ensemble_N)", None, "classifier"),
+    Option("pretrained_weights", str, None, "local torchvision ResNet state dict to start from", None, "classifier"),
+)
+
+
+class Classifier(Recipe):
+    """--model_type resnet18|resnet34|resnet50: a mitosis classifier, one member of the scoring ensemble."""
+
+    summary = "torchvision ResNet with a one-logit head (BCE, soft targets); members of the scoring ensemble"
+    demo_preset = "configs/demo_resnet.yaml"
+    option_groups = ("wsi data", "classifier")
+    options = CLASSIFIER_OPTIONS
+    datasets = WSI_DATASETS
+    losses = ("bce",)
+    renders = False
+    sampling_flags = False
+
+    def wrong_loss_message(self, loss: str) -> str:
+        return f"--loss_function {loss} is for diffusion; classifiers train with bce"
+
+    def finalise(self, config: dict[str, Any]) -> None:
+        super().finalise(config)
+        if config["ensemble"] is not None and config["ensemble"] < 0:
+            raise ConfigError(f"--ensemble must be a non-negative member index, got {config['ensemble']}")
+
+    def model_config(self, config: dict[str, Any], data: Any) -> dict[str, Any]:
+        return {"arch": self.name}
+
+    def build_network(self, model_config: dict[str, Any]) -> nn.Module:
+        return ResNetClassifier(model_config["arch"])
+
+    def initialise(self, model: nn.Module, config: dict[str, Any]) -> None:
+        """--pretrained_weights: a local torchvision state dict."""
+        if config.get("pretrained_weights"):
+            try:
+                model.load_pretrained(config["pretrained_weights"])
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(str(err)) from None
+
+    def task(self, config: dict[str, Any], model_config: dict[str, Any]) -> Task:
+        return ClassifierTask()
+
+    def run_dir(self, config: dict[str, Any]) -> Path:
+        """<out_dir>/resnet[_<date>]/Ensemble_<N>."""
+        suffix = f"_{config['date']}" if config.get("date") else ""
+        member = config["ensemble"] if config["ensemble"] is not None else 0
+        return Path(config["out_dir"]) / f"resnet{suffix}" / f"Ensemble_{member}"

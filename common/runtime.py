@@ -6,7 +6,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from config import ConfigError
+from common.errors import ConfigError
 
 
 def pick_device(name: str) -> torch.device:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from figures import to_uint8
+from common.figures import to_uint8
 
 PAD = 4
 HEADER_LINES = 2

@@ -25,7 +25,7 @@ from metrics.features import (
 )
 from metrics.structural import ms_ssim, paired_scores, ssim, unpaired_scores
 from model import load_checkpoint, load_ensemble
-from transitions import spearman
+from recipes.transitions import spearman
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 METRICS = ("ssim", "ms_ssim", "lpips", "fid", "kid", "pr", "nll", "controllability")

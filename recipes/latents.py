@@ -17,9 +17,13 @@ from diffusion.guidance import classifier_free_guidance
 from diffusion.latent import LatentDiffusion
 from diffusion.respace import respace, space_timesteps
 from diffusion.samplers import ddim_sample, ddpm_sample
-from figures import labelled_grid, to_uint8
-from synthesis import Respacing
-from tasks import psnr, ssim_batch
+from common.errors import ConfigError
+from common.figures import labelled_grid, to_uint8
+from common.files import staged_folder
+from recipes.base import InferenceFlag, RenderContext
+from recipes.render import make_recorder, one_guidance_scale, sampling_choice, save_trajectory, single_checkpoint
+from recipes.synthesis import Respacing
+from recipes.tasks import psnr, ssim_batch
 
 FEATURE_GRID = 4
 
@@ -168,3 +172,48 @@ def export_features(autoencoder: torch.nn.Module, tiles: Dataset, batch_size: in
             rows.append({"tile": name, **{f"f{i}": round(float(v), 6) for i, v in enumerate(vector)}})
     write_rows(path, rows)
     return len(rows)
+
+
+TILE_FLAGS = (
+    InferenceFlag(("--cluster_ids", "--class_ids"), dict(dest="cluster_ids", type=int, nargs="+", help="clusters / classes to generate (default: all the model knows)")),
+    InferenceFlag(("--num_per_cluster", "--num_per_class"), dict(dest="num_per_cluster", type=int, help="tiles per cluster or class, or in all for an unconditional model (default 8)")),
+)
+PAIRED_FLAG = InferenceFlag(("--paired",), dict(action="store_true", help="one tile per training tile, from its cluster, under its file name (generated/ and real/)"))
+
+
+def render_tiles(ctx: RenderContext, label_name: str, pixel_space: bool) -> None:
+    """Tiles per class or cluster id (latent diffusion, or a label-conditioned / unconditional pixel model)."""
+    single_checkpoint(ctx)
+    args, loaded, device = ctx.args, ctx.first, ctx.device
+    respacing = sampling_choice(args)
+    scale = one_guidance_scale(args, "tiles per cluster or class")
+    unet = loaded.model_config["unet"]
+    num_labels = unet.get("num_labels", 0)
+    conditioned = "label" in unet["conditions"]
+    out = Path(args.out_dir)
+    count: dict[str, int] = {}
+    if getattr(args, "paired", False):
+        if args.cluster_ids or args.num_per_cluster:
+            raise ConfigError("--paired makes one tile per training tile: it takes no --cluster_ids or --num_per_cluster")
+        tiles = ctx.data.tiles(loaded.config, "train", labels=conditioned)
+        staged_folder(out, lambda folder: count.update(n=generate_paired(loaded.model, loaded.diffusion, tiles, scale, respacing, args.batch_size, args.seed, device, folder)))
+        print(f"{count['n']} generated tiles paired by file name with the real ones: {out / 'generated'}, {out / 'real'}")
+        return
+    if args.cluster_ids and not conditioned:
+        raise ConfigError(f"--cluster_ids: {loaded.path} is an unconditional model (trained without --conditions label)")
+    ids = args.cluster_ids if args.cluster_ids else (list(range(num_labels)) if conditioned else None)
+    bad = [c for c in ids or [] if not 0 <= c < num_labels]
+    if bad:
+        raise ConfigError(f"--cluster_ids {bad}: the model knows clusters 0..{num_labels - 1}")
+    per_cluster = args.num_per_cluster if args.num_per_cluster is not None else 8
+    if per_cluster < 1:
+        raise ConfigError(f"--num_per_cluster must be at least 1, got {per_cluster}")
+    recorder = make_recorder(args, pixel_space)
+
+    def write(folder: Path) -> None:
+        count.update(n=generate_per_cluster(loaded.model, loaded.diffusion, ids, per_cluster, scale, respacing, args.batch_size,
+                                            args.seed, device, folder, callback=recorder, label_name=label_name))
+        save_trajectory(recorder, folder)
+
+    staged_folder(out, write)
+    print(f"{count['n']} tiles into {out}; pictures: {out / 'grid.png'}; list: {out / 'samples.csv'}")

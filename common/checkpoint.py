@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 1
+from common.errors import CheckpointError
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable or not one of ours."""
+# 2: the one UNet vocabulary (dim, dim_mults, attention_resolutions, ...) and its parameter names. Version 1
+# files (score UNet or SDMUNet) still load: their UNet config and weights are upgraded when the network is built.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
@@ -40,8 +41,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} cannot be read as a checkpoint of this toolkit: {err}") from None
     if not isinstance(payload, dict) or "model_type" not in payload or "model" not in payload:
         raise CheckpointError(f"checkpoint {path} lacks model_type/model: not a checkpoint of this toolkit")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
+    version = payload.get("format_version")
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"checkpoint {path} has format version {payload['format_version']}; this version reads up to {FORMAT_VERSION}"
+            f"checkpoint {path} has format version {version}; this version reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     return payload

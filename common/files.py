@@ -1,0 +1,98 @@
+"""Files written whole or not at all: temporary file (or folder) beside the target, then an atomic rename.
+
+Temporary files may be private; what is moved into place gets the permissions the user's umask gives.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from common.errors import DataError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on any error it is removed.
+
+    `suffix` keeps the file type visible to writers that choose the format by extension (e.g. ".png").
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_csv_atomic(path: str | Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any] | Sequence[Any]]) -> None:
+    """A CSV with a header row; rows are dicts keyed by column, or sequences in column order."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([row.get(c, "") for c in columns] if isinstance(row, Mapping) else list(row))
+
+
+def save_image_atomic(image: Any, path: str | Path) -> None:
+    """Save a PIL image (or anything with .save(path)) atomically, in the format of path's extension."""
+    path = Path(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        image.save(tmp)
+
+
+def save_figure_atomic(figure: Any, path: str | Path, **kwargs: Any) -> None:
+    """Save a matplotlib figure atomically."""
+    path = Path(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        figure.savefig(tmp, **kwargs)
+
+
+def staged_folder(out: str | Path, write: Callable[[Path], None]) -> None:
+    """Fill a temporary folder beside `out` with write(folder), then move it into place (replacing `out`)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(staging)
+        os.chmod(staging, 0o777 & ~_umask())
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def read_csv_rows(path: str | Path, required: Sequence[str], what: str) -> list[dict[str, str]]:
+    """Rows of a CSV that must exist and have the `required` columns; `what` names the flag in messages."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{what} {path}: expected columns {','.join(required)} (missing {','.join(missing)})")
+        return list(reader)

@@ -1,0 +1,149 @@
+"""Option tables: one record per flag drives the argparse CLI, YAML presets, type conversion and the README table.
+
+Knows no model type: which options exist and which model types take a group is the registry's business.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import yaml
+
+from common.errors import ConfigError
+
+
+def int_list(text: Any) -> list[int]:
+    """'1,2,4' or [1, 2, 4] -> [1, 2, 4]; '' or 'none' -> []."""
+    if isinstance(text, (list, tuple)):
+        return [int(v) for v in text]
+    text = str(text).strip()
+    if text.lower() in ("", "none"):
+        return []
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def str_list(text: Any) -> list[str]:
+    """'a,b' or ['a', 'b'] -> ['a', 'b']; '' or 'none' -> []."""
+    if isinstance(text, (list, tuple)):
+        return [str(v).strip() for v in text if str(v).strip()]
+    text = str(text).strip()
+    if text.lower() in ("", "none"):
+        return []
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def flag_bool(text: Any) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: Callable[[Any], Any]
+    default: Any
+    help: str
+    choices: Sequence[str] | None = None
+    group: str = "run"
+    aliases: tuple[str, ...] = ()
+
+
+class OptionTable:
+    """A fixed list of options (unique names) and what to do with them."""
+
+    def __init__(self, options: Iterable[Option]):
+        self.options: tuple[Option, ...] = tuple(options)
+        self.by_name: dict[str, Option] = {}
+        for opt in self.options:
+            if opt.name in self.by_name:
+                raise ValueError(f"option {opt.name} is defined twice")
+            self.by_name[opt.name] = opt
+        self.aliases = {alias: o.name for o in self.options for alias in o.aliases}
+
+    def groups(self) -> dict[str, list[Option]]:
+        """Options by group, in the order the groups first appear."""
+        out: dict[str, list[Option]] = {}
+        for opt in self.options:
+            out.setdefault(opt.group, []).append(opt)
+        return out
+
+    def build_parser(self, description: str, group_titles: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+        parser.add_argument("--config", help="YAML file of options (keys are flag names); flags override it")
+        for name, options in self.groups().items():
+            group = parser.add_argument_group((group_titles or {}).get(name, name))
+            for opt in options:
+                default = "" if opt.default is None else f" (default: {opt.default})"
+                names = [f"--{opt.name}", *(f"--{a}" for a in opt.aliases)]
+                if opt.kind is flag_bool and opt.default is not False:
+                    group.add_argument(*names, dest=opt.name, action=argparse.BooleanOptionalAction, help=opt.help + default)
+                elif opt.kind is flag_bool:
+                    group.add_argument(*names, dest=opt.name, action="store_const", const=True, help=opt.help)
+                else:
+                    group.add_argument(*names, dest=opt.name, type=str, help=opt.help + default, metavar=opt.name.upper())
+        return parser
+
+    def convert(self, name: str, value: Any, source: str) -> Any:
+        """Convert a raw CLI/YAML value to the option's type, with an error naming where it came from."""
+        opt = self.by_name.get(self.aliases.get(name, name))
+        if opt is None:
+            raise ConfigError(f"{source}: unknown option {name!r}")
+        if value is None:
+            return None
+        try:
+            out = opt.kind(value)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: option {opt.name} expects {opt.kind.__name__}, got {value!r} ({err})") from None
+        if opt.choices is not None and out not in opt.choices:
+            raise ConfigError(f"{source}: option {opt.name} must be one of {list(opt.choices)}, got {out!r}")
+        return out
+
+    def load_yaml(self, path: str | Path) -> dict[str, Any]:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config: file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--config {path}: not valid YAML ({err})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of option names to values")
+        return {self.aliases.get(k, k): self.convert(k, v, f"--config {path}") for k, v in raw.items()}
+
+    def parse(self, parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:
+        """Defaults <- YAML <- CLI flags; config["explicit"] lists the options that were given."""
+        args = vars(parser.parse_args(argv))
+        explicit: dict[str, Any] = {}
+        if "config" in args:
+            explicit.update(self.load_yaml(args.pop("config")))
+        explicit.update({k: self.convert(k, v, f"--{k}") for k, v in args.items()})
+        config = {o.name: o.default for o in self.options}
+        config.update(explicit)
+        config["explicit"] = sorted(explicit)
+        return config
+
+    def markdown(self, group_titles: Mapping[str, str]) -> str:
+        """The option tables of the README, one per group."""
+        lines: list[str] = []
+        for name, options in self.groups().items():
+            lines += [f"**{name}** ({group_titles[name]})", "", "| flag | default | meaning |", "|---|---|---|"]
+            if name == "run":
+                lines.append("| `--config` |  | YAML file of options (keys are flag names); flags override it |")
+            for opt in options:
+                flag = f"`--{opt.name}`"
+                if opt.kind is flag_bool and opt.default is not False:
+                    flag += f" / `--no-{opt.name}`"
+                flag += "".join(f" (`--{a}`)" for a in opt.aliases)
+                default = "" if opt.default is None else (",".join(map(str, opt.default)) if isinstance(opt.default, list) else opt.default)
+                meaning = opt.help + (f" ({' / '.join(opt.choices)})" if opt.choices and opt.name not in ("dataset", "model_type") else "")
+                lines.append(f"| {flag} | {default} | {meaning} |")
+            lines.append("")
+        return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,10 @@
+"""The data set names, by the family of readers that serves them."""
+from __future__ import annotations
+
+WSI_DATASETS = ("canine", "meningioma", "midog", "synthetic")
+LAYOUT_DATASETS = ("monuseg", "synthetic_monuseg")
+TILE_DATASETS = ("npy", "synthetic_tiles")
+PCAM_DATASETS = ("pcam", "synthetic_pcam")
+DATASETS = WSI_DATASETS + LAYOUT_DATASETS + TILE_DATASETS + PCAM_DATASETS
+# Datasets whose samples carry each vector condition.
+CONDITION_DATASETS = {"score": WSI_DATASETS, "label": PCAM_DATASETS + TILE_DATASETS}

@@ -1,0 +1,85 @@
+"""Train / validation split rules shared by the data sets.
+
+- a seeded hold-out of whole groups (tiles of one source image, or single ids) by fraction;
+- per group, the items above a quantile of a value (annotations in the bottom part of each slide for training);
+- a contiguous tail (the last tiles of a stack).
+
+Every rule is deterministic: the same inputs and seed give the same split, and the returned lists keep the
+order of the input.
+"""
+from __future__ import annotations
+
+from typing import Callable, Hashable, Iterable, Sequence, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+def share_of(count: int, fraction: float) -> int:
+    """round(fraction * count): how many of `count` items a share `fraction` is."""
+    return int(round(fraction * count))
+
+
+def held_out_count(count: int, fraction: float) -> int:
+    """round(fraction * count), at least one and never all when `fraction` > 0 and `count` >= 2; 0 otherwise."""
+    if fraction > 0 and count >= 2:
+        return min(max(share_of(count, fraction), 1), count - 1)
+    return 0
+
+
+def draw_held_out(keys: Sequence[K], count: int, seed: int) -> set[K]:
+    """`count` of the distinct `keys`, drawn by a seeded permutation of their positions."""
+    order = np.random.default_rng(seed).permutation(len(keys))
+    return {keys[i] for i in order[:count]}
+
+
+def held_out_groups(groups: Iterable[K], fraction: float, seed: int) -> set[K]:
+    """round(fraction * n) of the n distinct `groups` (sorted, then drawn by `seed`); at least one and never
+    all when `fraction` > 0 and n >= 2, none otherwise."""
+    distinct = sorted(set(groups))
+    return draw_held_out(distinct, held_out_count(len(distinct), fraction), seed)
+
+
+def partition(items: Iterable[T], is_held: Callable[[T], bool]) -> tuple[list[T], list[T]]:
+    """(kept, held) items, both in the order of `items`."""
+    kept: list[T] = []
+    held: list[T] = []
+    for item in items:
+        (held if is_held(item) else kept).append(item)
+    return kept, held
+
+
+def split_by_group(
+    items: Sequence[T], fraction: float, seed: int, group: Callable[[T], K] = lambda item: item
+) -> tuple[list[T], list[T]]:
+    """(train, held-out) items: `held_out_groups` of the items' groups are held out whole; order kept."""
+    held = held_out_groups([group(item) for item in items], fraction, seed)
+    return partition(items, lambda item: group(item) in held)
+
+
+def split_by_quantile(
+    items: Iterable[T], value: Callable[[T], float], group: Callable[[T], K], fraction: float
+) -> tuple[list[T], list[T]]:
+    """(kept, held) per group: the items whose value exceeds the group's (1 - fraction) quantile are held.
+
+    Both lists hold the groups one after another, in the order each group first appears, and keep the order
+    of `items` within a group.
+    """
+    by_group: dict[K, list[T]] = {}
+    for item in items:
+        by_group.setdefault(group(item), []).append(item)
+    kept: list[T] = []
+    held: list[T] = []
+    for members in by_group.values():
+        cut = np.quantile([value(m) for m in members], 1.0 - fraction)
+        group_kept, group_held = partition(members, lambda m: value(m) > cut)
+        kept += group_kept
+        held += group_held
+    return kept, held
+
+
+def tail_split(count: int, tail: int) -> tuple[range, range]:
+    """(head, tail) of range(count): the last `tail` positions and all before them."""
+    return range(0, count - tail), range(count - tail, count)

@@ -1,0 +1,123 @@
+"""What every diffusion recipe shares: the diffusion and UNet flags, their checks, the stored settings, the task."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from common.errors import ConfigError
+from common.options import Option, flag_bool, int_list, str_list
+from data.families import CONDITION_DATASETS
+from diffusion.gaussian_diffusion import GaussianDiffusion
+from diffusion.unet import UNet, upgrade_unet_config
+from recipes.base import Recipe
+from recipes.tasks import DiffusionTask, Task
+
+O = Option
+DIFFUSION_LOSSES = ("l2", "l1", "huber")
+DIFFUSION_OPTIONS: tuple[Option, ...] = (
+    O("timesteps", int, 1000, "diffusion steps T", None, "diffusion", ("diffusion_steps",)),
+    O("schedule", str, "cosine", "noise schedule", ("linear", "cosine", "sigmoid"), "diffusion", ("noise_schedule",)),
+    O("objective", str, "eps", "what the network predicts", ("eps", "x0", "v"), "diffusion"),
+    O("learn_sigma", flag_bool, None, "learn the variance with the hybrid loss (default: on for sdm, off otherwise)", None, "diffusion"),
+    O("vlb_weight", float, 0.001, "weight lambda of the variational-bound term of the hybrid loss", None, "diffusion"),
+    O("cond_drop_prob", float, None, "probability of dropping the condition in training, for guidance (default 0.1; sdm 0.2)", None, "diffusion", ("drop_rate",)),
+    O("dim", int, 64, "UNet base channels", None, "diffusion", ("num_channels",)),
+    O("dim_mults", int_list, [1, 2, 4], "channel multipliers per resolution level", None, "diffusion", ("channel_mult",)),
+    O("num_res_blocks", int, 2, "residual blocks per level", None, "diffusion"),
+    O("attention_resolutions", int_list, [16], "feature-map sizes with self-attention", None, "diffusion"),
+    O("num_head_channels", int, 32, "channels per attention head", None, "diffusion"),
+    O("dropout", float, 0.0, "dropout in residual blocks", None, "diffusion"),
+    O("mid_attention", flag_bool, True, "self-attention in the UNet's middle block", None, "diffusion"),
+    O("resblock_updown", flag_bool, None, "down/up sampling inside residual blocks (default: on for sdm, off otherwise)", None, "diffusion"),
+    O("use_scale_shift_norm", flag_bool, True, "time embedding as scale and shift of the normalised activations", None, "diffusion"),
+    O("use_checkpoint", flag_bool, False, "gradient checkpointing (less memory, more compute)", None, "diffusion"),
+)
+CONDITION_OPTIONS: tuple[Option, ...] = (
+    O("conditions", str_list, None, "conditions the UNet takes: score (WSI data, the default there), label (class or cluster id), or none", None, "conditioned diffusion"),
+)
+
+
+def diffusion_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of GaussianDiffusion.from_config, as stored in checkpoints."""
+    return {
+        "schedule": config["schedule"],
+        "timesteps": config["timesteps"],
+        "objective": config["objective"],
+        "loss_type": config["loss_function"],
+        "learn_sigma": bool(config["learn_sigma"]),
+        "vlb_weight": config["vlb_weight"],
+    }
+
+
+def unet_config(config: dict[str, Any], image_size: int, channels: int, conditions: list[str], **extra: Any) -> dict[str, Any]:
+    """Keyword arguments of the UNet on a grid of image_size x image_size x channels (pixels or latents)."""
+    return {
+        "image_size": image_size,
+        "in_channels": channels,
+        "out_channels": 2 * channels if config["learn_sigma"] else channels,
+        "dim": config["dim"],
+        "dim_mults": list(config["dim_mults"]),
+        "num_res_blocks": config["num_res_blocks"],
+        "attention_resolutions": list(config["attention_resolutions"]),
+        "num_head_channels": config["num_head_channels"],
+        "dropout": config["dropout"],
+        "mid_attention": bool(config["mid_attention"]),
+        "resblock_updown": bool(config["resblock_updown"]),
+        "use_scale_shift_norm": bool(config["use_scale_shift_norm"]),
+        "use_checkpoint": bool(config["use_checkpoint"]),
+        "conditions": list(conditions),
+        "cond_drop_prob": config["cond_drop_prob"],
+        **extra,
+    }
+
+
+class DiffusionRecipe(Recipe):
+    """Base of the diffusion recipes: a UNet under GaussianDiffusion, trained with the denoising loss."""
+
+    options = DIFFUSION_OPTIONS
+    losses = DIFFUSION_LOSSES
+    default_ema_decay = 0.9995
+    default_learn_sigma = False
+    default_cond_drop_prob = 0.1
+    default_resblock_updown = False
+
+    def wrong_loss_message(self, loss: str) -> str:
+        return f"--loss_function {loss} is for classifiers; {self.name} takes {('l1', 'l2', 'huber')}"
+
+    def finalise(self, config: dict[str, Any]) -> None:
+        super().finalise(config)
+        for name in ("learn_sigma", "cond_drop_prob", "resblock_updown"):
+            if config[name] is None:
+                config[name] = getattr(self, f"default_{name}")
+        if config["schedule"] == "linear" and config["timesteps"] <= 20:
+            raise ConfigError(f"--schedule linear needs --timesteps above 20 (its last beta is 20 / T), got {config['timesteps']}")
+        if not 0.0 <= config["cond_drop_prob"] <= 1.0:
+            raise ConfigError(f"--cond_drop_prob must be in [0, 1], got {config['cond_drop_prob']}")
+        if config["vlb_weight"] < 0.0:
+            raise ConfigError(f"--vlb_weight must be non-negative, got {config['vlb_weight']}")
+
+    def upgrade(self, model_config: dict[str, Any]) -> dict[str, Any]:
+        return {**model_config, "unet": upgrade_unet_config(model_config["unet"])}
+
+    def build_network(self, model_config: dict[str, Any]) -> nn.Module:
+        return UNet(**upgrade_unet_config(model_config["unet"]))
+
+    def conditions(self, config: dict[str, Any]) -> list[str]:
+        """The conditions the network of this run takes."""
+        return list(config["conditions"])
+
+    def check_conditions(self, config: dict[str, Any], takes: tuple[str, ...], default: list[str]) -> None:
+        """Fill --conditions (default: `default`) and check each is known and carried by the data set."""
+        if config["conditions"] is None:
+            config["conditions"] = default
+        for name in set(config["conditions"]) & set(CONDITION_DATASETS):
+            if config["dataset"] not in CONDITION_DATASETS[name]:
+                wanted = " or ".join(CONDITION_DATASETS[name])
+                raise ConfigError(f"--conditions {name} needs --dataset {wanted}, not {config['dataset']}")
+        unknown = sorted(set(config["conditions"]) - set(takes))
+        if unknown:
+            raise ConfigError(f"--conditions: unknown condition(s) {unknown}; {self.name} takes: {', '.join(takes)} or none")
+
+    def task(self, config: dict[str, Any], model_config: dict[str, Any]) -> Task:
+        return DiffusionTask(GaussianDiffusion.from_config(**model_config["diffusion"]), self.conditions(config))

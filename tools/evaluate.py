@@ -1,0 +1,136 @@
+"""Metrics over real vs generated images: SSIM, MS-SSIM, LPIPS, FID/KID, precision/recall, NLL, controllability.
+
+python -m tools.evaluate --real data/real_tiles --fake outputs/generated --metrics ssim,ms_ssim,fid,kid,pr --out results/eval.json
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from common.checkpoint import CheckpointError
+from common.errors import ConfigError
+from common.options import str_list
+from data.annotations import DataError
+from diffusion.lpips import LPIPS
+from tools.evaluation import (
+    METRICS,
+    controllability,
+    distribution_metrics,
+    feature_network,
+    load_images,
+    nll_bits_per_dim,
+    structural_metrics,
+)
+from common.runtime import pick_device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--real", help="folder of real images (recursive) or a .npy tile stack")
+    p.add_argument("--fake", help="folder of generated images (recursive) or a .npy tile stack")
+    p.add_argument("--metrics", default="ssim,ms_ssim,fid,kid,pr", help=f"comma-separated, from {', '.join(METRICS)} (default ssim,ms_ssim,fid,kid,pr)")
+    p.add_argument("--out", required=True, help="results JSON; a CSV with the same numbers is written beside it")
+    p.add_argument("--paired", choices=("auto", "yes", "no"), default="auto", help="pair SSIM/MS-SSIM/LPIPS by file name (auto: when every fake name has a real twin)")
+    p.add_argument("--pairs", type=int, default=1000, help="random real/fake pairs for unpaired SSIM/MS-SSIM/LPIPS (default 1000)")
+    p.add_argument("--image_size", type=int, help="resize every image to this size first")
+    p.add_argument("--limit", type=int, help="use at most this many images of each set")
+    p.add_argument("--lpips_backbone", choices=("vgg16", "alexnet"), default="vgg16", help="LPIPS backbone (default vgg16)")
+    p.add_argument("--lpips_weights", help="local torchvision state dict of the LPIPS backbone (required for lpips)")
+    p.add_argument("--lpips_linear", help="optional LPIPS calibration (lin layers) weights")
+    p.add_argument("--inception_weights", help="local torchvision Inception-v3 state dict for FID/KID/PR (default: EfficientNet-Lite0)")
+    p.add_argument("--features", help="classifier checkpoint whose penultimate layer gives the FID/KID/PR features")
+    p.add_argument("--nll_ckpt", help="diffusion checkpoint whose variational bound (bits/dim) is computed on --real")
+    p.add_argument("--nll_images", type=int, default=64, help="real images used for the NLL (default 64; each costs T network passes)")
+    p.add_argument("--targets", help="controllability: CSV with file,condition of generated images (inference.py's scores.csv)")
+    p.add_argument("--classifier_ckpts", nargs="+", help="controllability: the classifier ensemble (files or folders)")
+    p.add_argument("--batch_size", type=int, default=32, help="images per network pass (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random pairs and KID subsets (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p
+
+
+def check(args: argparse.Namespace, metrics: list[str]) -> None:
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ConfigError(f"--metrics: unknown {unknown}; choose from {', '.join(METRICS)}")
+    image_metrics = set(metrics) - {"nll", "controllability"}
+    if image_metrics and not (args.real and args.fake):
+        raise ConfigError(f"--metrics {','.join(sorted(image_metrics))} need --real and --fake")
+    if "lpips" in metrics and not args.lpips_weights:
+        raise ConfigError("--metrics lpips needs --lpips_weights PATH (a local VGG16 or AlexNet state dict)")
+    if "nll" in metrics and not (args.nll_ckpt and args.real):
+        raise ConfigError("--metrics nll needs --nll_ckpt and --real")
+    if "controllability" in metrics and not (args.targets and args.classifier_ckpts):
+        raise ConfigError("--metrics controllability needs --targets CSV and --classifier_ckpts")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    metrics = str_list(args.metrics)
+    check(args, metrics)
+    device = pick_device(args.device)
+    results: dict[str, Any] = {"metrics": metrics}
+    real = load_images(args.real, args.image_size, args.limit, "--real") if args.real else None
+    fake = load_images(args.fake, args.image_size, args.limit, "--fake") if args.fake else None
+    if real is not None and fake is not None:
+        results.update(real=real.source, fake=fake.source, n_real=len(real.names), n_fake=len(fake.names))
+        if real.images.shape[-1] != fake.images.shape[-1]:
+            raise DataError(f"--real images are {real.images.shape[-1]} px and --fake {fake.images.shape[-1]} px; pass --image_size")
+        structural = [m for m in ("ssim", "ms_ssim", "lpips") if m in metrics]
+        if structural:
+            lpips = LPIPS(args.lpips_backbone, args.lpips_weights, args.lpips_linear) if "lpips" in structural else None
+            values, paired = structural_metrics(real, fake, structural, args.paired, args.pairs, args.seed, args.batch_size, device, lpips)
+            results.update(values, paired=paired)
+        distribution = [m for m in ("fid", "kid", "pr") if m in metrics]
+        if distribution:
+            network = feature_network(args.inception_weights, args.features, device)
+            results.update(distribution_metrics(real, fake, distribution, network, args.batch_size, device, args.seed))
+    if "nll" in metrics:
+        results.update(nll_bits_per_dim(args.nll_ckpt, real, args.nll_images, args.batch_size, device))
+    if "controllability" in metrics:
+        results.update(controllability(args.targets, args.classifier_ckpts, args.batch_size, device))
+    out = Path(args.out)
+    write_atomic(out, json.dumps(results, indent=2) + "\n")
+    flat = {k: (",".join(v) if isinstance(v, list) else v) for k, v in results.items()}
+    with tempfile.NamedTemporaryFile("w", newline="", delete=False, dir=out.parent, suffix=".tmp") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(flat))
+        writer.writeheader()
+        writer.writerow(flat)
+    os.replace(fh.name, out.with_suffix(".csv"))
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+    print(f"results: {out}, {out.with_suffix('.csv')}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        run(argv)
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
