@@ -101,7 +101,7 @@ DATA_OPTIONS: tuple[Option, ...] = (
     O("pcam_crop", int, None, "centre crop of the 96 px PatchCamelyon patches (32 in the PCam DDPM work)", None, "pcam data"),
     O("class_filter", int, None, "train on one PatchCamelyon class only (0 non-cancerous, 1 cancerous)", None, "pcam data"),
     # clusters
-    O("cluster_file", str, None, "cluster CSV: sdm trains on --cluster_id of cluster.py's tiles; ldm takes every tile's cluster as its label", None, "clusters"),
+    O("cluster_file", str, None, "cluster CSV: sdm trains on --cluster_id of tools.cluster's tiles; ldm takes every tile's cluster as its label", None, "clusters"),
 )
 
 

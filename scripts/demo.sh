@@ -10,5 +10,5 @@ for member in 0 1 2; do
   "$py" train.py --config configs/demo_resnet.yaml --ensemble "$member" --overwrite
 done
 "$py" inference.py --diffusion_ckpt runs/demo/diffusion_synthetic/last.pt \
-  --classifier_ckpts runs/demo/resnet/ --conditions 0:1:6 --num_sequences 8 \
+  --classifier_ckpts runs/demo/resnet/ --condition_values 0:1:6 --num_sequences 8 \
   --sampler ddim --steps 50 --out_dir runs/demo/transitions --overwrite

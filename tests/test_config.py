@@ -7,7 +7,7 @@ import pytest
 
 from common.errors import ConfigError
 from model import resolve_config as resolve
-from model import run_dir_for
+from model import MODEL_TYPES, options_markdown, run_dir_for
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -64,4 +64,16 @@ def test_unknown_flag_is_an_error(capsys):
 @pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_preset_resolves(preset):
     config = resolve(["--config", str(CONFIGS / preset)] + (["--ensemble", "0"] if "resnet" in preset else []))
-    assert config["model_type"] in ("diffusion", "sdm", "ldm", "vqvae", "resnet18")
+    assert config["model_type"] in MODEL_TYPES
+
+
+def test_readme_option_tables_are_the_registry_tables():
+    readme = (CONFIGS.parent / "README.md").read_text()
+    start = readme.index("<!-- flags -->\n") + len("<!-- flags -->\n")
+    assert readme[start:readme.index("<!-- /flags -->")] == options_markdown()
+
+
+def test_option_groups_name_the_model_types_that_take_them():
+    tables = options_markdown()
+    assert "**sdm** (sdm)" in tables and "**classifier** (resnet18, resnet34, resnet50)" in tables
+    assert "**diffusion** (diffusion, ldm, sdm)" in tables and "**run** (all model types)" in tables
