@@ -16,6 +16,14 @@ from common.errors import DataError
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where the system reports it (os.umask(0) races threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -70,16 +78,32 @@ def save_figure_atomic(figure: Any, path: str | Path, **kwargs: Any) -> None:
 
 
 def staged_folder(out: str | Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary folder beside `out` with write(folder), then move it into place (replacing `out`)."""
+    """Fill a temporary folder beside `out` with write(folder), then move it into place (replacing `out`).
+
+    An existing `out` is first renamed aside and deleted only once the new folder is in place, so a failure
+    at any point leaves either the old folder or the new one at `out`, never neither.
+    """
     out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise DataError(f"{out}: expected a folder to replace, found a file or link; it is left as it is")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         write(staging)
         os.chmod(staging, 0o777 & ~_umask())
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        if not out.exists():
+            os.replace(staging, out)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        try:
+            os.replace(out, old / out.name)
+            try:
+                os.replace(staging, out)
+            except BaseException:
+                os.replace(old / out.name, out)
+                raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -90,9 +114,12 @@ def read_csv_rows(path: str | Path, required: Sequence[str], what: str) -> list[
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{what} {path}: expected columns {','.join(required)} (missing {','.join(missing)})")
-        return list(reader)
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{what} {path}: expected columns {','.join(required)} (missing {','.join(missing)})")
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{what} {path} cannot be read as a CSV file: {err}") from None

@@ -73,7 +73,8 @@ class CachedFolder:
         """Run `write` on an empty folder beside `root`, add the record, and rename the folder to `root`.
 
         `write` fills the folder and returns the `results` entries of the record (or None). When the rename
-        fails because another process has just made the same folder, that folder is kept.
+        fails because another process has just made the same folder, that folder is kept. Unlike
+        `common.files.staged_folder`, an existing `root` is never deleted: only an empty one is replaced.
         """
         root = self.root
         root.parent.mkdir(parents=True, exist_ok=True)

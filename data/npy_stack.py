@@ -5,10 +5,7 @@ with `--stack_slice`). The last `test_size` tiles are the held-out test split, t
 """
 from __future__ import annotations
 
-import csv
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,6 +13,7 @@ import numpy as np
 import openslide
 import torch
 
+from common.files import atomic_path, read_csv_rows
 from data.annotations import DataError
 from data.base import SeededDataset
 from data.splits import tail_split
@@ -150,7 +148,7 @@ class TileStack(SeededDataset):
 
 
 def write_stack(path: str | Path, tiles_uint8: np.ndarray) -> Path:
-    """Save a (N, H, W, 3) or (N, S, H, W, 3) uint8 stack atomically (temporary file, then os.replace)."""
+    """Save a (N, H, W, 3) or (N, S, H, W, 3) uint8 stack atomically (temporary file, then a rename)."""
     path = Path(path)
     tiles = np.asarray(tiles_uint8)
     if tiles.dtype != np.uint8 or tiles.ndim not in (4, 5) or tiles.shape[-1] != 3 or min(tiles.shape) < 1:
@@ -158,15 +156,8 @@ def write_stack(path: str | Path, tiles_uint8: np.ndarray) -> Path:
             f"tile stack {path}: expected a uint8 array of shape (N, H, W, 3) or (N, S, H, W, 3), "
             f"got {tiles.dtype} {tiles.shape}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, tiles, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        np.save(handle, tiles, allow_pickle=False)
     return path
 
 
@@ -233,26 +224,23 @@ def tiles_from_slides(
 def labels_from_csv(path: str | Path) -> dict[int, int]:
     """Tile number -> cluster id from a CSV with a `cluster` column and a `tile` (number) or `name` column."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"cluster file {path} does not exist")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        key = "tile" if "tile" in columns else "name" if "name" in columns else None
-        if key is None or "cluster" not in columns:
-            raise DataError(f"{path}: expected a CSV header with columns cluster and tile (or name)")
-        labels: dict[int, int] = {}
-        for line, row in enumerate(reader, start=2):
-            raw = row[key].strip()
-            match = TILE_NAME.fullmatch(raw)
-            try:
-                number = int(match.group(1)) if match else int(raw)
-                labels[number] = int(row["cluster"])
-            except ValueError:
-                raise DataError(
-                    f"{path}, line {line}: expected a tile number (or tile_NNNNNN) and an integer cluster, "
-                    f"got {key}={raw!r}, cluster={row['cluster']!r}"
-                ) from None
+    rows = read_csv_rows(path, ("cluster",), "cluster file")
+    columns = rows[0].keys() if rows else ()
+    key = "tile" if "tile" in columns else "name" if "name" in columns else None
+    if rows and key is None:
+        raise DataError(f"cluster file {path}: expected columns cluster and tile (or name)")
+    labels: dict[int, int] = {}
+    for line, row in enumerate(rows, start=2):
+        raw = (row[key] or "").strip()
+        match = TILE_NAME.fullmatch(raw)
+        try:
+            number = int(match.group(1)) if match else int(raw)
+            labels[number] = int(row["cluster"] or "")
+        except ValueError:
+            raise DataError(
+                f"{path}, line {line}: expected a tile number (or tile_NNNNNN) and an integer cluster, "
+                f"got {key}={raw!r}, cluster={row['cluster']!r}"
+            ) from None
     if not labels:
         raise DataError(f"{path}: no rows")
     return labels

@@ -7,8 +7,6 @@ overwritten.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,6 +14,7 @@ import h5py
 import numpy as np
 import tifffile
 
+from common.files import atomic_path
 from data.annotations import DataError
 from data.painting import (
     Canvas,
@@ -77,14 +76,8 @@ def fake_patches(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def _refuse_existing(paths: Sequence[Path]) -> None:

@@ -1,7 +1,6 @@
 """Patches around annotations, read from whole-slide images through openslide."""
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -10,6 +9,7 @@ import numpy as np
 import openslide
 import torch
 
+from common.files import read_csv_rows
 from data.annotations import Annotation, DataError
 from data.base import SeededDataset, dihedral
 from data.mixing import mixed_slots
@@ -105,14 +105,9 @@ def split_annotations(
 
 
 def read_split_file(path: str | Path) -> dict[str, str]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"split file {path} does not exist")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"slide", "split"} <= set(reader.fieldnames):
-            raise DataError(f"{path}: expected a CSV header with columns slide,split")
-        return {row["slide"].strip(): row["split"].strip().lower() for row in reader}
+    """Slide name -> split from a CSV with columns slide,split."""
+    rows = read_csv_rows(path, ("slide", "split"), "split file")
+    return {(row["slide"] or "").strip(): (row["split"] or "").strip().lower() for row in rows}
 
 
 @dataclass(frozen=True)

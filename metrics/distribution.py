@@ -7,6 +7,8 @@ from scipy import linalg
 from scipy.spatial.distance import cdist
 from sklearn.neighbors import NearestNeighbors
 
+from common.errors import ConfigError, DataError
+
 # Largest imaginary part of the diagonal of sqrt(sigma1 sigma2) that is treated as rounding error.
 IMAGINARY_TOLERANCE = 1e-3
 # Rows of query points compared against all manifold points at once in precision/recall.
@@ -16,11 +18,11 @@ DISTANCE_CHUNK = 1024
 def _as_features(feats: np.ndarray, argument: str, min_rows: int = 2) -> np.ndarray:
     array = np.asarray(feats, dtype=np.float64)
     if array.ndim != 2 or array.shape[0] < min_rows or array.shape[1] < 1:
-        raise ValueError(
+        raise DataError(
             f"{argument}: expected a 2-D (N, D) feature array with N >= {min_rows}, got shape {array.shape}"
         )
     if not np.isfinite(array).all():
-        raise ValueError(f"{argument}: features contain NaN or infinite values")
+        raise DataError(f"{argument}: features contain NaN or infinite values")
     return array
 
 
@@ -52,7 +54,7 @@ def frechet_distance(
     if np.iscomplexobj(root):
         largest = np.abs(np.diagonal(root).imag).max()
         if largest > IMAGINARY_TOLERANCE:
-            raise ValueError(f"frechet_distance: sqrt(sigma1 sigma2) has imaginary parts up to {largest:.3g}")
+            raise DataError(f"frechet_distance: sqrt(sigma1 sigma2) has imaginary parts up to {largest:.3g}")
         root = root.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(root))
@@ -94,9 +96,9 @@ def kid(
     fake = _as_features(feats_fake, "feats_fake")
     _check_same_dim(real, fake)
     if subsets < 1:
-        raise ValueError(f"subsets: expected a positive number, got {subsets}")
+        raise ConfigError(f"subsets: expected a positive number, got {subsets}")
     if subset_size < 2:
-        raise ValueError(f"subset_size: expected at least 2, got {subset_size}")
+        raise ConfigError(f"subset_size: expected at least 2, got {subset_size}")
     size = min(subset_size, len(real), len(fake))
     rng = np.random.default_rng(seed)
     values = np.empty(subsets)
@@ -127,7 +129,7 @@ def precision_recall(feats_real: np.ndarray, feats_fake: np.ndarray, k: int = 3)
     (within the k-th neighbour radius of some real feature), recall the share of real features inside the
     fake manifold."""
     if k < 1:
-        raise ValueError(f"k: expected a positive number, got {k}")
+        raise ConfigError(f"k: expected a positive number, got {k}")
     real = _as_features(feats_real, "feats_real", min_rows=k + 1)
     fake = _as_features(feats_fake, "feats_fake", min_rows=k + 1)
     _check_same_dim(real, fake)

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.inception import Inception3
 
+from common.errors import CheckpointError, ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -81,9 +83,9 @@ class InceptionFeatures(FeatureExtractor):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"Inception weights {path}: not a torch state-dict file ({err})") from None
+            raise CheckpointError(f"Inception weights {path}: not a torch state-dict file ({err})") from None
         if not isinstance(state, Mapping) or not torch.is_tensor(state.get("fc.weight")):
-            raise ValueError(f"Inception weights {path}: expected a torchvision inception_v3 state dict with fc.weight")
+            raise CheckpointError(f"Inception weights {path}: expected a torchvision inception_v3 state dict with fc.weight")
         aux_logits = any(key.startswith("AuxLogits.") for key in state)
         network = Inception3(
             num_classes=state["fc.weight"].shape[0], aux_logits=aux_logits, transform_input=True, init_weights=False
@@ -91,7 +93,7 @@ class InceptionFeatures(FeatureExtractor):
         try:
             network.load_state_dict(state)
         except RuntimeError as err:
-            raise ValueError(f"Inception weights {path} do not fit torchvision's inception_v3: {err}") from None
+            raise CheckpointError(f"Inception weights {path} do not fit torchvision's inception_v3: {err}") from None
         network.fc = nn.Identity()
         network.aux_logits = False
         network.AuxLogits = None
@@ -141,7 +143,7 @@ class EfficientNetLite0Features(FeatureExtractor):
         try:
             network.load_state_dict(state)
         except RuntimeError as err:
-            raise ValueError(f"EfficientNet-Lite0 weights {path} do not fit the network: {err}") from None
+            raise CheckpointError(f"EfficientNet-Lite0 weights {path} do not fit the network: {err}") from None
         self.network = network
         self._freeze()
 
@@ -159,7 +161,7 @@ def _final_linear(model: nn.Module) -> nn.Linear:
             return layer
     linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
     if not linears:
-        raise ValueError(f"ClassifierFeatures: {type(model).__name__} has no nn.Linear layer to take features from")
+        raise ConfigError(f"ClassifierFeatures: {type(model).__name__} has no nn.Linear layer to take features from")
     return linears[-1]
 
 
@@ -189,7 +191,7 @@ class ClassifierFeatures(FeatureExtractor):
         finally:
             hook.remove()
         if len(captured) != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"ClassifierFeatures: the final linear layer of {type(self.network).__name__} ran "
                 f"{len(captured)} times in one forward pass, expected once"
             )

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.errors import ConfigError, DataError
+
 SIGMA = 1.5
 TRUNCATE = 3.5
 K1 = 0.01
@@ -66,7 +68,7 @@ def _ssim_terms(x: Tensor, y: Tensor, win_size: int, data_range: float) -> tuple
     """Per-channel means over the cropped maps of luminance * contrast-structure and of contrast-structure, (B, C)."""
     h, w = x.shape[-2:]
     if min(h, w) < win_size:
-        raise ValueError(f"images of {h}x{w} px are smaller than the {win_size} px SSIM window")
+        raise DataError(f"images of {h}x{w} px are smaller than the {win_size} px SSIM window")
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     x, y = x.to(compute), y.to(compute)
     taps = gaussian_taps()
@@ -126,7 +128,7 @@ def ms_ssim(
     height, width = x.shape[-2:]
     available = fitting_scales(min(height, width), win_size, limit=max(scales or 0, len(MS_SSIM_WEIGHTS)))
     if available == 0:
-        raise ValueError(f"ms_ssim: images of {height}x{width} px are smaller than the {win_size} px window")
+        raise DataError(f"ms_ssim: images of {height}x{width} px are smaller than the {win_size} px window")
     if scales is None:
         scales = min(available, len(MS_SSIM_WEIGHTS))
     if scales < 1 or scales > available:
@@ -159,7 +161,7 @@ def paired_scores(real: Tensor, fake: Tensor, fn: ScoreFn, batch_size: int = 64)
             f"paired_scores: real and fake must have one shape, got {tuple(real.shape)} and {tuple(fake.shape)}"
         )
     if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive number, got {batch_size}")
+        raise ConfigError(f"batch_size: expected a positive number, got {batch_size}")
     return torch.cat([fn(real[i : i + batch_size], fake[i : i + batch_size]) for i in range(0, len(real), batch_size)])
 
 
@@ -173,7 +175,7 @@ def unpaired_scores(
             f"got {tuple(real.shape)} and {tuple(fake.shape)}"
         )
     if pairs < 1:
-        raise ValueError(f"pairs: expected a positive number, got {pairs}")
+        raise ConfigError(f"pairs: expected a positive number, got {pairs}")
     generator = torch.Generator().manual_seed(seed)
     real_index = torch.randint(len(real), (pairs,), generator=generator)
     fake_index = torch.randint(len(fake), (pairs,), generator=generator)

@@ -97,9 +97,9 @@ def test_tile_validation_is_the_tail_before_the_test_tail(tmp_path, test_size, f
     stack = write_stack(tmp_path / "s.npy", np.zeros((12, 8, 8, 3), np.uint8))
     config = {"data_root": str(stack), "dataset": "tiles", "tile_size": 8, "cluster_file": None, "test_size": test_size,
               "val_fraction": fraction, "stack_slice": 0, "augment": True, "seed": 1, "explicit": ()}
-    train_set, val_set = build_tile_datasets(config)
-    assert isinstance(train_set.dataset, TileStack) and train_set.dataset.tiles == tuple(train)
-    assert (val_set is None) if val is None else val_set.tiles == tuple(val)
+    data = build_tile_datasets(config)
+    assert isinstance(data.train, TileStack) and data.train.tiles == tuple(train)
+    assert (data.val is None) if val is None else data.val.tiles == tuple(val)
 
 
 def bits(flags) -> str:

@@ -28,10 +28,11 @@ from skimage.measure import regionprops
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
+from common.cli import run_main
 from common.errors import ConfigError
-from data.annotations import DataError
 from common.figures import labelled_grid
-from tools.segmentation import Tile, read_tiled_folder, write_csv_atomic
+from common.files import save_image_atomic, write_csv_atomic
+from tools.segmentation import Tile, read_tiled_folder
 
 FEATURE_NAMES = (
     "haematoxylin_mean",
@@ -131,16 +132,6 @@ def example_sheet(tiles: Sequence[Tile], rows: Sequence[dict], per_cluster: int 
     return labelled_grid(images, captions, scale=1)
 
 
-def save_image_atomic(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    try:
-        image.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Cluster the patches of a tiled folder (KMeans on stain, nuclei and texture features).")
     p.add_argument("--tiles", required=True, help="tiled folder (images/ with inst_masks/ and/or bin_masks/ or labels/)")
@@ -172,12 +163,7 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(argv)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

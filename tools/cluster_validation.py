@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +22,10 @@ from scipy.special import softmax
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
+
+from common.cli import run_main
+from common.errors import ConfigError, DataError
+from common.files import save_figure_atomic, write_csv_atomic
 
 MAX_POINTS = 2000
 INDEX_NAMES = ("calinski_harabasz", "silhouette", "dunn", "c_index", "mcclain_rao", "hartigan")
@@ -38,10 +40,6 @@ RULES = {
 }
 OUTPUT_FILES = ("indices.csv", "indices.png", "clusters.csv")
 ID_COLUMNS = ("tile", "name")
-
-
-class UsageError(ValueError):
-    """Bad command-line input: the message names the flag or file and what was expected."""
 
 
 def _as_points(X: np.ndarray) -> np.ndarray:
@@ -305,28 +303,28 @@ def parse_k(text: str) -> list[int]:
 def read_features(path: Path) -> tuple[str, list[str], list[str], list[list[str]], np.ndarray]:
     """Identifier column name, identifiers, feature names, the raw feature strings and the float matrix."""
     if not path.is_file():
-        raise UsageError(f"--features {path} does not exist")
+        raise DataError(f"--features {path} does not exist")
     with path.open(newline="") as handle:
         reader = csv.reader(handle)
         header = [c.strip() for c in next(reader, [])]
         id_column = next((c for c in ID_COLUMNS if c in header), None)
         if id_column is None:
-            raise UsageError(f"--features {path}: expected a 'tile' or 'name' column, found columns {header}")
+            raise DataError(f"--features {path}: expected a 'tile' or 'name' column, found columns {header}")
         feature_names = [c for c in header if c not in ID_COLUMNS]
         if not feature_names:
-            raise UsageError(f"--features {path}: no feature columns besides {id_column!r}")
+            raise DataError(f"--features {path}: no feature columns besides {id_column!r}")
         where = [header.index(c) for c in feature_names]
         ids, raw, values = [], [], []
         for line, row in enumerate(reader, start=2):
             if not row:
                 continue
             if len(row) != len(header):
-                raise UsageError(f"--features {path}, line {line}: expected {len(header)} fields, got {len(row)}")
+                raise DataError(f"--features {path}, line {line}: expected {len(header)} fields, got {len(row)}")
             ids.append(row[header.index(id_column)].strip())
             raw.append([row[i].strip() for i in where])
             values.append([_number(row[i], path, line, header[i]) for i in where])
     if len(ids) < 3:
-        raise UsageError(f"--features {path}: expected at least 3 rows of features, got {len(ids)}")
+        raise DataError(f"--features {path}: expected at least 3 rows of features, got {len(ids)}")
     return id_column, ids, feature_names, raw, np.array(values, dtype=np.float64)
 
 
@@ -334,23 +332,10 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise UsageError(f"--features {path}, line {line}: column {column!r} is not numeric ({text!r})") from None
+        raise DataError(f"--features {path}, line {line}: column {column!r} is not numeric ({text!r})") from None
     if not math.isfinite(value):
-        raise UsageError(f"--features {path}, line {line}: column {column!r} is not a finite number ({text!r})")
+        raise DataError(f"--features {path}, line {line}: column {column!r} is not a finite number ({text!r})")
     return value
-
-
-def write_csv_atomic(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot_indices(rows: Sequence[dict], votes: dict[str, int | None], path: Path) -> None:
@@ -372,14 +357,7 @@ def plot_indices(rows: Sequence[dict], votes: dict[str, int | None], path: Path)
         axes.set_xlabel("k", fontsize=8)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.tick_params(labelsize=7)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_figure_atomic(figure, path, format="png", dpi=100)
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -412,18 +390,18 @@ def run(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; expected a folder")
+        raise ConfigError(f"--out {out} is a file; expected a folder")
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if existing and not args.overwrite:
-        raise UsageError(f"--out {out} already holds {', '.join(existing)}; pass --overwrite to replace them")
+        raise ConfigError(f"--out {out} already holds {', '.join(existing)}; pass --overwrite to replace them")
     if args.max_points < 2:
-        raise UsageError(f"--max_points must be at least 2, got {args.max_points}")
+        raise ConfigError(f"--max_points must be at least 2, got {args.max_points}")
     features = Path(args.features)
     id_column, ids, feature_names, raw, values = read_features(features)
     n = len(ids)
     for flag, k in [("--k", k) for k in args.k] + ([("--k_final", args.k_final)] if args.k_final is not None else []):
         if not 2 <= k <= n - 1:
-            raise UsageError(f"{flag} {k}: expected 2 <= k <= {n - 1} (one less than the {n} rows of {features})")
+            raise ConfigError(f"{flag} {k}: expected 2 <= k <= {n - 1} (one less than the {n} rows of {features})")
     scaled = StandardScaler().fit_transform(values)
     rows, chosen, votes = evaluate_k_range(scaled, args.k, args.seed, args.max_points)
     single = len(args.k) == 1
@@ -453,12 +431,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(argv)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

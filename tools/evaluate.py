@@ -5,25 +5,22 @@ python -m tools.evaluate --real data/real_tiles --fake outputs/generated --metri
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.checkpoint import CheckpointError
-from common.errors import ConfigError
+from common.cli import run_main
+from common.errors import ConfigError, DataError
+from common.files import write_csv_atomic, write_text_atomic
 from common.options import str_list
-from data.annotations import DataError
-from diffusion.lpips import LPIPS
 from tools.evaluation import (
     METRICS,
     controllability,
     distribution_metrics,
     feature_network,
     load_images,
+    lpips_network,
     nll_bits_per_dim,
     structural_metrics,
 )
@@ -69,17 +66,14 @@ def check(args: argparse.Namespace, metrics: list[str]) -> None:
         raise ConfigError("--metrics nll needs --nll_ckpt and --real")
     if "controllability" in metrics and not (args.targets and args.classifier_ckpts):
         raise ConfigError("--metrics controllability needs --targets CSV and --classifier_ckpts")
+    sizes = {"pairs": args.pairs, "batch_size": args.batch_size, "nll_images": args.nll_images,
+             "image_size": args.image_size, "limit": args.limit}
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {value}")
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -96,7 +90,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise DataError(f"--real images are {real.images.shape[-1]} px and --fake {fake.images.shape[-1]} px; pass --image_size")
         structural = [m for m in ("ssim", "ms_ssim", "lpips") if m in metrics]
         if structural:
-            lpips = LPIPS(args.lpips_backbone, args.lpips_weights, args.lpips_linear) if "lpips" in structural else None
+            lpips = lpips_network(args.lpips_backbone, args.lpips_weights, args.lpips_linear) if "lpips" in structural else None
             values, paired = structural_metrics(real, fake, structural, args.paired, args.pairs, args.seed, args.batch_size, device, lpips)
             results.update(values, paired=paired)
         distribution = [m for m in ("fid", "kid", "pr") if m in metrics]
@@ -108,13 +102,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "controllability" in metrics:
         results.update(controllability(args.targets, args.classifier_ckpts, args.batch_size, device))
     out = Path(args.out)
-    write_atomic(out, json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     flat = {k: (",".join(v) if isinstance(v, list) else v) for k, v in results.items()}
-    with tempfile.NamedTemporaryFile("w", newline="", delete=False, dir=out.parent, suffix=".tmp") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(flat))
-        writer.writeheader()
-        writer.writerow(flat)
-    os.replace(fh.name, out.with_suffix(".csv"))
+    write_csv_atomic(out.with_suffix(".csv"), list(flat), [flat])
     width = max(len(k) for k in results)
     for key, value in results.items():
         shown = f"{value:.4f}" if isinstance(value, float) else value
@@ -124,12 +114,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(argv)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

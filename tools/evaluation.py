@@ -1,7 +1,6 @@
 """Metrics of generated against real images: loading image sets, pairing them, and each metric's computation."""
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,7 +12,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from data.annotations import DataError
+from common.errors import CheckpointError, ConfigError, DataError
+from common.files import read_csv_rows
 from data.npy_stack import TileStack
 from diffusion.lpips import LPIPS
 from metrics.distribution import fid, kid, precision_recall
@@ -104,9 +104,17 @@ def structural_metrics(real: ImageSet, fake: ImageSet, names: Sequence[str], pai
     return out, matched is not None
 
 
+def lpips_network(backbone: str, weights: str | None, linear: str | None) -> LPIPS:
+    """The LPIPS distance from local weight files; a file that does not fit is a CheckpointError naming it."""
+    try:
+        return LPIPS(backbone, weights, linear)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+
+
 def feature_network(inception_weights: str | None, classifier_ckpt: str | None, device: torch.device):
     if inception_weights and classifier_ckpt:
-        raise DataError("--inception_weights and --features contradict each other: give one feature network")
+        raise ConfigError("--inception_weights and --features contradict each other: give one feature network")
     if inception_weights:
         return InceptionFeatures(inception_weights)
     if classifier_ckpt:
@@ -158,17 +166,21 @@ def nll_bits_per_dim(ckpt: str, real: ImageSet, count: int, batch: int, device: 
 def controllability(targets_csv: str, classifier_ckpts: list[str], batch: int, device: torch.device) -> dict[str, float]:
     """Spearman correlation and AUC (target >= 0.5 as positive) of the ensemble's score against the target condition."""
     path = Path(targets_csv)
-    if not path.is_file():
-        raise DataError(f"--targets {path} does not exist")
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"file", "condition"} <= set(rows[0]):
-        raise DataError(f"--targets {path}: expected columns file,condition (as in inference.py's scores.csv)")
+    rows = read_csv_rows(path, ("file", "condition"), "--targets")
+    if not rows:
+        raise DataError(f"--targets {path}: no rows (expected file,condition as in inference.py's scores.csv)")
+    target = np.array([_condition(r["condition"], path, line) for line, r in enumerate(rows, start=2)])
     images = torch.stack([read_image(path.parent / r["file"], None) for r in rows])
-    target = np.array([float(r["condition"]) for r in rows])
     ensemble, _ = load_ensemble(classifier_ckpts, device)
     with torch.no_grad():
         scores = torch.cat([ensemble(images[i : i + batch].to(device)).cpu() for i in range(0, len(images), batch)]).numpy()
     positive = target >= 0.5
     auc = float(roc_auc_score(positive, scores)) if 0 < positive.sum() < len(positive) else float("nan")
     return {"controllability_spearman": spearman(target, scores), "controllability_auc": auc, "controllability_images": len(rows)}
+
+
+def _condition(text: str, path: Path, line: int) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise DataError(f"--targets {path}, line {line}: condition {text!r} is not a number") from None

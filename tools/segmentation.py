@@ -9,10 +9,8 @@ is trained per share of synthetic tiles in each batch and scored on held-out rea
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Union
@@ -29,8 +27,9 @@ from skimage.measure import label  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common.errors import ConfigError  # noqa: E402
-from data.annotations import DataError  # noqa: E402
+from common.cli import run_main  # noqa: E402
+from common.errors import ConfigError, DataError  # noqa: E402
+from common.files import save_figure_atomic, write_csv_atomic  # noqa: E402
 from data.monuseg import (  # noqa: E402
     TILE_NAME,
     mask_tile_files,
@@ -378,21 +377,6 @@ def comes_from(name: str, held_names: set[str], held_sources: set[str]) -> bool:
     return any(tail in held_names or (TILE_NAME.match(tail) and source_of(tail) in held_sources) for tail in tails)
 
 
-def write_csv_atomic(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
-    """Write rows to a temporary file next to `path`, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def format_table(rows: Sequence[dict]) -> str:
     """The result rows as an aligned text table."""
     lines = ["  ".join(f"{c:>11}" for c in RESULT_COLUMNS)]
@@ -417,14 +401,8 @@ def plot_downstream(rows: Sequence[dict], path: Path) -> None:
     ax.set_ylim(0, 1.08)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        save_figure_atomic(fig, path)
     finally:
         plt.close(fig)
 
@@ -516,22 +494,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(argv: Sequence[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    try:
-        for name, value in (("steps", args.steps), ("batch_size", args.batch_size), ("crop_size", args.crop_size)):
-            if value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
-        if args.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {args.lr}")
-        run_downstream(
-            args.real, args.synthetic, parse_ratios(args.ratios), args.held_out, args.steps, args.batch_size, args.lr,
-            args.seed, args.out, args.device, args.crop_size, args.overwrite,
-        )
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    for name, value in (("steps", args.steps), ("batch_size", args.batch_size), ("crop_size", args.crop_size)):
+        if value < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {value}")
+    if args.lr <= 0:
+        raise ConfigError(f"--lr must be positive, got {args.lr}")
+    return run_downstream(
+        args.real, args.synthetic, parse_ratios(args.ratios), args.held_out, args.steps, args.batch_size, args.lr,
+        args.seed, args.out, args.device, args.crop_size, args.overwrite,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":
