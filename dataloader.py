@@ -8,7 +8,6 @@ Run as a script, `python dataloader.py --summary FILE` prints a JSON summary of 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.cli import run_main
 from common.errors import ConfigError
+from common.files import read_csv_rows
 from common.options import Option, flag_bool, str_list
 from data.annotations import Annotation, ClassMap, DataError
 from data.condition_maps import MapOptions, map_settings
@@ -251,15 +251,12 @@ def layout_tiles(config: dict[str, Any]) -> Path:
 
 
 def cluster_members(path: str | Path, cluster_id: int) -> set[str]:
-    """Tile names of one cluster in a CSV written by cluster.py (columns name, cluster, ...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--cluster_file {path} does not exist")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"name", "cluster"} <= set(reader.fieldnames):
-            raise DataError(f"--cluster_file {path}: expected columns name,cluster (as written by cluster.py)")
-        members = {row["name"] for row in reader if int(row["cluster"]) == cluster_id}
+    """Tile names of one cluster in a CSV written by tools.cluster (columns name, cluster, ...)."""
+    rows = read_csv_rows(path, ("name", "cluster"), "--cluster_file")
+    try:
+        members = {row["name"] for row in rows if int(row["cluster"]) == cluster_id}
+    except ValueError:
+        raise DataError(f"--cluster_file {path}: the cluster column must hold integers") from None
     if not members:
         raise DataError(f"--cluster_file {path}: cluster {cluster_id} has no tiles")
     return members

@@ -1,14 +1,13 @@
 """Checkpoint files: one plain dict per file, written atomically and read with weights_only=True."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from common.errors import CheckpointError
+from common.files import atomic_path
 
 # 2: the one UNet vocabulary (dim, dim_mults, attention_resolutions, ...) and its parameter names. Version 1
 # files (score UNet or SDMUNet) still load: their UNet config and weights are upgraded when the network is built.
@@ -18,16 +17,8 @@ READABLE_VERSIONS = (1, 2)
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Write to a temporary file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format_version": FORMAT_VERSION, **payload}, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, **payload}, tmp)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
