@@ -18,11 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.options import int_list  # noqa: E402
 from diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
-from diffusion.guidance import classifier_free_guidance  # noqa: E402
-from diffusion.samplers import ddim_sample  # noqa: E402
+from diffusion.sampling import SamplingSpec, sample  # noqa: E402
 from diffusion.unet import UNet  # noqa: E402
 from model import load_checkpoint  # noqa: E402
-from recipes.transitions import SamplingOptions, render_sequences  # noqa: E402
+from recipes.transitions import render_sequences  # noqa: E402
 
 
 def sdm_benchmark(args: argparse.Namespace, device: torch.device) -> None:
@@ -35,11 +34,11 @@ def sdm_benchmark(args: argparse.Namespace, device: torch.device) -> None:
     diffusion = GaussianDiffusion.from_config("cosine", 1000, learn_sigma=True)
     maps = torch.rand(args.sequences, 5, args.image_size, args.image_size, device=device)
     x_T = torch.randn(args.sequences, 3, args.image_size, args.image_size, device=device)
-    fn = classifier_free_guidance(model, {"semantic": maps}, 1.5, guided_channels=3)
+    spec = SamplingSpec("ddim", args.ddim_steps, cfg_scale=1.5)
     if device.type == "cuda":
         torch.cuda.synchronize()
     tic = time.perf_counter()
-    ddim_sample(diffusion, fn, x_T, steps=args.ddim_steps)
+    sample(model, diffusion, x_T, {"semantic": maps}, spec, generator=None)
     if device.type == "cuda":
         torch.cuda.synchronize()
     print(json.dumps({"benchmark": "sample_sdm", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
@@ -79,17 +78,17 @@ def main() -> None:
     result = {"benchmark": "sample_transition", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
               "image_size": size, "num_conditions": args.num_conditions, "sequences_per_batch": args.sequences, "cfg_scale": args.cfg_scale}
     chosen = set(args.samplers.split(","))
-    for name, options in [("ddpm", SamplingOptions("ddpm", args.ddpm_steps, cfg_scale=args.cfg_scale)),
-                          ("ddim", SamplingOptions("ddim", args.ddim_steps, cfg_scale=args.cfg_scale))]:
+    for name, spec in [("ddpm", SamplingSpec("ddpm", args.ddpm_steps, cfg_scale=args.cfg_scale)),
+                       ("ddim", SamplingSpec("ddim", args.ddim_steps, cfg_scale=args.cfg_scale))]:
         if name not in chosen:
             continue
         if device.type == "cuda":
             torch.cuda.synchronize()
         tic = time.perf_counter()
-        render_sequences(model, diffusion, conditions, args.sequences, size, 0, options, device, args.sequences, progress=False)
+        render_sequences(model, diffusion, conditions, args.sequences, size, 0, spec, device, args.sequences, progress=False)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        result[f"{name}_{options.steps}_s_per_sequence"] = round((time.perf_counter() - tic) / args.sequences, 3)
+        result[f"{name}_{spec.steps}_s_per_sequence"] = round((time.perf_counter() - tic) / args.sequences, 3)
     print(json.dumps(result))
 
 

@@ -3,6 +3,7 @@ reconstructions with PSNR/SSIM, and latent features of the training tiles for cl
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -13,16 +14,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from diffusion.gaussian_diffusion import GaussianDiffusion
-from diffusion.guidance import classifier_free_guidance
 from diffusion.latent import LatentDiffusion
-from diffusion.respace import respace, space_timesteps
-from diffusion.samplers import ddim_sample, ddpm_sample
+from diffusion.sampling import SamplingSpec, sample
 from common.errors import ConfigError
 from common.figures import labelled_grid, to_uint8
 from common.files import staged_folder
 from recipes.base import InferenceFlag, RenderContext
 from recipes.render import make_recorder, one_guidance_scale, sampling_choice, save_trajectory, single_checkpoint
-from recipes.synthesis import Respacing
 from recipes.tasks import psnr, ssim_batch
 
 FEATURE_GRID = 4
@@ -34,27 +32,24 @@ def sample_tiles(
     diffusion: GaussianDiffusion,
     labels: torch.Tensor | None,
     count: int,
-    scale: float,
-    respacing: Respacing,
+    spec: SamplingSpec,
     generator: torch.Generator,
     device: torch.device,
     callback: Callable | None = None,
 ) -> torch.Tensor:
-    """`count` tiles in [-1, 1] (labels: one class or cluster id per tile, or None for an unconditional model).
+    """`count` tiles in [-1, 1] (labels: one class or cluster id per tile, or None for an unconditional model,
+    which is sampled without guidance).
 
     Works for pixel-space models and for latent diffusion, whose samples are decoded by its autoencoder.
+    x_T and then the per-step noise come from `generator`.
     """
     unet = model.config
     shape = (count, unet["in_channels"], unet["image_size"], unet["image_size"])
     z_T = torch.randn(shape, generator=generator, device=generator.device).to(device)
     cond = {"label": labels.to(device)} if labels is not None else {}
-    guided = unet["in_channels"] if diffusion.learn_sigma else None
-    model_fn = classifier_free_guidance(model, cond, scale if labels is not None else 1.0, guided_channels=guided)
-    if respacing.sampler == "ddim":
-        z = ddim_sample(diffusion, model_fn, z_T, steps=int(respacing.spec), generator=generator, callback=callback)
-    else:
-        process = respace(diffusion, space_timesteps(diffusion.num_timesteps, respacing.spec))
-        z = ddpm_sample(process, model_fn, z_T, generator=generator, callback=callback)
+    if labels is None:
+        spec = replace(spec, cfg_scale=1.0)
+    z = sample(model, diffusion, z_T, cond, spec, generator=generator, callback=callback)
     decoded = model.decode(z) if isinstance(model, LatentDiffusion) else z
     return decoded.float().clamp(-1, 1).cpu()
 
@@ -68,8 +63,7 @@ def generate_per_cluster(
     diffusion: GaussianDiffusion,
     cluster_ids: Sequence[int] | None,
     per_cluster: int,
-    scale: float,
-    respacing: Respacing,
+    spec: SamplingSpec,
     batch_size: int,
     seed: int,
     device: torch.device,
@@ -89,8 +83,7 @@ def generate_per_cluster(
         for first in range(0, per_cluster, batch_size):
             count = min(batch_size, per_cluster - first)
             labels = None if cluster is None else torch.full((count,), cluster, dtype=torch.long)
-            images = sample_tiles(model, diffusion, labels, count, scale, respacing, generator, device,
-                                  callback if not rows else None)
+            images = sample_tiles(model, diffusion, labels, count, spec, generator, device, callback if not rows else None)
             for k, image in enumerate(images):
                 name = f"{sub.name}_{first + k:05d}.png"
                 save_png(image, sub / name)
@@ -109,8 +102,7 @@ def generate_paired(
     model: LatentDiffusion,
     diffusion: GaussianDiffusion,
     tiles: Dataset,
-    scale: float,
-    respacing: Respacing,
+    spec: SamplingSpec,
     batch_size: int,
     seed: int,
     device: torch.device,
@@ -123,7 +115,7 @@ def generate_paired(
     rows = []
     for batch in tqdm(DataLoader(tiles, batch_size=batch_size, shuffle=False), desc="paired ldm samples"):
         labels = batch.get("label")
-        images = sample_tiles(model, diffusion, labels, len(batch["image"]), scale, respacing, generator, device)
+        images = sample_tiles(model, diffusion, labels, len(batch["image"]), spec, generator, device)
         for k, image in enumerate(images):
             name = f"{batch['meta']['name'][k]}.png"
             save_png(image, folder / "generated" / name)
@@ -185,8 +177,7 @@ def render_tiles(ctx: RenderContext, label_name: str, pixel_space: bool) -> None
     """Tiles per class or cluster id (latent diffusion, or a label-conditioned / unconditional pixel model)."""
     single_checkpoint(ctx)
     args, loaded, device = ctx.args, ctx.first, ctx.device
-    respacing = sampling_choice(args)
-    scale = one_guidance_scale(args, "tiles per cluster or class")
+    spec = sampling_choice(args, cfg_scale=one_guidance_scale(args, "tiles per cluster or class"))
     unet = loaded.model_config["unet"]
     num_labels = unet.get("num_labels", 0)
     conditioned = "label" in unet["conditions"]
@@ -196,7 +187,7 @@ def render_tiles(ctx: RenderContext, label_name: str, pixel_space: bool) -> None
         if args.cluster_ids or args.num_per_cluster:
             raise ConfigError("--paired makes one tile per training tile: it takes no --cluster_ids or --num_per_cluster")
         tiles = ctx.data.tiles(loaded.config, "train", labels=conditioned)
-        staged_folder(out, lambda folder: count.update(n=generate_paired(loaded.model, loaded.diffusion, tiles, scale, respacing, args.batch_size, args.seed, device, folder)))
+        staged_folder(out, lambda folder: count.update(n=generate_paired(loaded.model, loaded.diffusion, tiles, spec, args.batch_size, args.seed, device, folder)))
         print(f"{count['n']} generated tiles paired by file name with the real ones: {out / 'generated'}, {out / 'real'}")
         return
     if args.cluster_ids and not conditioned:
@@ -211,8 +202,8 @@ def render_tiles(ctx: RenderContext, label_name: str, pixel_space: bool) -> None
     recorder = make_recorder(args, pixel_space)
 
     def write(folder: Path) -> None:
-        count.update(n=generate_per_cluster(loaded.model, loaded.diffusion, ids, per_cluster, scale, respacing, args.batch_size,
-                                            args.seed, device, folder, callback=recorder, label_name=label_name))
+        count.update(n=generate_per_cluster(loaded.model, loaded.diffusion, ids, per_cluster, spec, args.batch_size, args.seed,
+                                            device, folder, callback=recorder, label_name=label_name))
         save_trajectory(recorder, folder)
 
     staged_folder(out, write)

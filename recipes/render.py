@@ -2,27 +2,34 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from common.errors import ConfigError
+from diffusion.sampling import SamplingSpec
 from recipes.base import RenderContext
-from recipes.synthesis import Respacing
 from recipes.trajectory import TrajectoryRecorder
 
 
-def sampling_choice(args: argparse.Namespace) -> Respacing:
-    """--timestep_respacing, or --sampler/--steps, as one Respacing."""
+def sampling_choice(args: argparse.Namespace, cfg_scale: float = 1.0, strength: float = 1.0) -> SamplingSpec:
+    """--timestep_respacing, or --sampler/--steps, with --eta, as one SamplingSpec at this guidance scale
+    (and SDEdit strength, for starts from real images)."""
     if args.timestep_respacing and (args.sampler or args.steps):
         raise ConfigError("--timestep_respacing replaces --sampler/--steps: give one or the other")
+    if not 0 <= args.eta < math.inf:
+        raise ConfigError(f"--eta must be a finite number >= 0, got {args.eta}")
+    if not math.isfinite(cfg_scale):
+        raise ConfigError(f"--cfg_scale must be a finite number, got {cfg_scale}")
+    fields = dict(eta=args.eta, cfg_scale=cfg_scale, strength=strength)
     if args.timestep_respacing:
         try:
-            return Respacing.parse(args.timestep_respacing)
+            return SamplingSpec.parse_respacing(args.timestep_respacing, **fields)
         except ValueError as err:
             raise ConfigError(str(err)) from None
     sampler, steps = args.sampler or "ddim", args.steps if args.steps is not None else 50
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
-    return Respacing.parse(f"ddim{steps}") if sampler == "ddim" else Respacing("ddpm", str(steps))
+    return SamplingSpec(sampler, steps, **fields)
 
 
 def one_guidance_scale(args: argparse.Namespace, what: str) -> float:

@@ -5,6 +5,7 @@ label-conditioned or unconditional ones render tiles per class, like latent diff
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from recipes.diffusion_base import CONDITION_OPTIONS, DIFFUSION_OPTIONS, Diffusi
 from recipes.latents import TILE_FLAGS, render_tiles
 from recipes.render import make_recorder, one_guidance_scale, sampling_choice, save_trajectory
 from recipes.transitions import (
-    SamplingOptions,
     load_start_images,
     parse_conditions,
     render_sequences,
@@ -82,8 +82,7 @@ def render_transitions(ctx: RenderContext) -> None:
     strength = args.strength if args.strength is not None else 0.6
     if num_sequences < 1 or not 0 < strength <= 1:
         raise ConfigError(f"--num_sequences must be at least 1 and --strength in (0, 1]; got {num_sequences}, {strength}")
-    respacing = sampling_choice(args)
-    scale = one_guidance_scale(args, "transition sequences")
+    spec = sampling_choice(args, cfg_scale=one_guidance_scale(args, "transition sequences"))
     try:
         conditions = parse_conditions(args.condition_values or "0:1:6")
         size = loaded.model_config["unet"]["image_size"]
@@ -93,10 +92,9 @@ def render_transitions(ctx: RenderContext) -> None:
     ensemble, member_files = ctx.load_ensemble(args.classifier_ckpts)
     if starts is not None:
         starts = starts[torch.arange(num_sequences) % len(starts)]
-    steps = int(respacing.spec) if respacing.spec.isdigit() else respacing.spec
-    options = SamplingOptions(respacing.sampler, steps, args.eta, scale, strength)
+        spec = replace(spec, strength=strength)
     recorder = make_recorder(args)
-    images = render_sequences(loaded.model, loaded.diffusion, conditions, num_sequences, size, args.seed, options, device,
+    images = render_sequences(loaded.model, loaded.diffusion, conditions, num_sequences, size, args.seed, spec, device,
                               args.batch_size, starts, callback=recorder)
     probs = score_images(ensemble, images.flatten(0, 1), device)
     out = Path(args.out_dir)

@@ -68,13 +68,12 @@ def render_synthesis(ctx: RenderContext) -> None:
     num_samples = args.num_samples if args.num_samples is not None else 16
     if num_samples < 1:
         raise ConfigError(f"--num_samples must be at least 1, got {num_samples}")
-    respacing = sampling_choice(args)
+    spec = sampling_choice(args)
     for other in ctx.checkpoints[1:]:
         if other.model_type != first.model_type or other.model_config["maps"] != first.model_config["maps"]:
             raise ConfigError(f"--ckpt {other.path}: not an sdm checkpoint with the same condition maps as {first.path}")
     layouts = ctx.data.layouts(first.config, first.model_config, args.masks)
-    jobs = [SynthesisJob(m.model, m.diffusion, m.model_config["diffusion"].get("learn_sigma", False), f"m{i}")
-            for i, m in enumerate(ctx.checkpoints)]
+    jobs = [SynthesisJob(m.model, m.diffusion, f"m{i}") for i, m in enumerate(ctx.checkpoints)]
     order = "shuffle" if args.shuffle_masks else "in_order" if args.match_struct else "random"
     scales = args.cfg_scale or [1.5]
     out = Path(args.out_dir)
@@ -82,7 +81,7 @@ def render_synthesis(ctx: RenderContext) -> None:
     recorder = make_recorder(args)
 
     def write(folder: Path) -> None:
-        count.update(n=synthesise(jobs, layouts, scales, num_samples, args.batch_size, order, respacing, args.seed, device, folder,
+        count.update(n=synthesise(jobs, layouts, scales, num_samples, args.batch_size, order, spec, args.seed, device, folder,
                                   callback=recorder))
         save_trajectory(recorder, folder)
 

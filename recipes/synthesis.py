@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,34 +16,11 @@ from tqdm import tqdm
 from data.condition_maps import maps_to_picture
 from data.monuseg import LayoutPatches
 from diffusion.gaussian_diffusion import GaussianDiffusion
-from diffusion.guidance import classifier_free_guidance
-from diffusion.respace import respace, space_timesteps
-from diffusion.samplers import ddim_sample, ddpm_sample
+from diffusion import sampling
+from diffusion.sampling import SamplingSpec
 from common.figures import labelled_grid, to_uint8
 
 MASK_ORDERS = ("random", "shuffle", "in_order")
-
-
-@dataclass(frozen=True)
-class Respacing:
-    """How sampling walks the timesteps: DDIM over N strided steps, or DDPM over respaced sections."""
-
-    sampler: str
-    spec: str
-
-    @classmethod
-    def parse(cls, text: str) -> "Respacing":
-        """'ddim50' -> DDIM with 50 steps; '250' or '10,15,20' -> ancestral DDPM over respaced timesteps."""
-        text = text.strip()
-        if text.startswith("ddim"):
-            if not text[4:].isdigit() or int(text[4:]) < 1:
-                raise ValueError(f"--timestep_respacing: expected ddimN, e.g. ddim50, got {text!r}")
-            return cls("ddim", text[4:])
-        try:
-            [int(v) for v in text.split(",")]
-        except ValueError:
-            raise ValueError(f"--timestep_respacing: expected ddimN or section counts like 250 or 10,15,20, got {text!r}") from None
-        return cls("ddpm", text)
 
 
 def mask_order(count: int, num_samples: int, order: str, seed: int) -> list[int]:
@@ -57,28 +34,6 @@ def mask_order(count: int, num_samples: int, order: str, seed: int) -> list[int]
     return rng.integers(count, size=num_samples).tolist()
 
 
-@torch.no_grad()
-def sample_layouts(
-    model: nn.Module,
-    diffusion: GaussianDiffusion,
-    semantic: torch.Tensor,
-    scale: float,
-    respacing: Respacing,
-    generator: torch.Generator,
-    learn_sigma: bool,
-    callback: Callable | None = None,
-) -> torch.Tensor:
-    """Images in [-1, 1] for a batch of condition maps, with guidance on the predicted mean only."""
-    cond = {"semantic": semantic}
-    model_fn = classifier_free_guidance(model, cond, scale, guided_channels=3 if learn_sigma else None)
-    size = semantic.shape[-1]
-    x_T = torch.randn((semantic.shape[0], 3, size, size), generator=generator, device=generator.device).to(semantic.device)
-    if respacing.sampler == "ddim":
-        return ddim_sample(diffusion, model_fn, x_T, steps=int(respacing.spec), generator=generator, callback=callback)
-    process = respace(diffusion, space_timesteps(diffusion.num_timesteps, respacing.spec))
-    return ddpm_sample(process, model_fn, x_T, generator=generator, callback=callback)
-
-
 def save_sample(folder: Path, name: str, image: torch.Tensor, inst_mask: np.ndarray, maps_picture: np.ndarray) -> None:
     Image.fromarray(to_uint8(image)).save(folder / "images" / f"{name}.png")
     Image.fromarray(((inst_mask > 0) * 255).astype(np.uint8)).save(folder / "labels" / f"{name}.png")
@@ -90,7 +45,6 @@ def save_sample(folder: Path, name: str, image: torch.Tensor, inst_mask: np.ndar
 class SynthesisJob:
     model: nn.Module
     diffusion: GaussianDiffusion
-    learn_sigma: bool
     label: str
 
 
@@ -101,14 +55,17 @@ def synthesise(
     num_samples: int,
     batch_size: int,
     order: str,
-    respacing: Respacing,
+    spec: SamplingSpec,
     seed: int,
     device: torch.device,
     folder: Path,
     grid_rows: int = 8,
     callback: Callable | None = None,
 ) -> int:
-    """Generate num_samples tiles per (checkpoint, guidance scale) into folder; returns the number written."""
+    """Generate num_samples tiles per (checkpoint, guidance scale) into folder; returns the number written.
+
+    Each of `scales` replaces spec.cfg_scale; guidance combines the predicted mean only (learned variance).
+    """
     for sub in ("images", "labels", "inst_masks", "cond"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     picks = mask_order(len(layouts), num_samples, order, seed)
@@ -122,8 +79,10 @@ def synthesise(
                 batch = [layouts[i] for i in picks[first : first + batch_size]]
                 semantic = torch.stack([b["semantic"] for b in batch]).to(device)
                 first_batch = j == 0 and scale == scales[0] and first == 0
-                images = sample_layouts(job.model, job.diffusion, semantic, scale, respacing, generator, job.learn_sigma,
-                                        callback if first_batch else None)
+                size = semantic.shape[-1]
+                x_T = torch.randn((len(batch), 3, size, size), generator=generator, device=generator.device).to(device)
+                images = sampling.sample(job.model, job.diffusion, x_T, {"semantic": semantic}, replace(spec, cfg_scale=scale),
+                                         generator=generator, callback=callback if first_batch else None)
                 for k, (sample, image) in enumerate(zip(batch, images.cpu())):
                     index = first + k
                     name = f"{job.label}_s{scale:g}_{index:05d}_{sample['meta']['name']}"

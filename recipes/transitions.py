@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,12 +14,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from diffusion.gaussian_diffusion import GaussianDiffusion
-from diffusion.guidance import classifier_free_guidance
-from diffusion.respace import respace, space_timesteps
-from diffusion.samplers import ddim_sample, ddpm_sample, sdedit_start
+from diffusion.sampling import SAMPLERS, SamplingSpec, sample  # noqa: F401  (SAMPLERS: the --sampler choices)
 from common.figures import labelled_grid, score_plot, to_uint8
-
-SAMPLERS = ("ddpm", "ddim")
 
 
 def parse_conditions(text: str) -> list[float]:
@@ -42,46 +37,6 @@ def parse_conditions(text: str) -> list[float]:
     return [round(v, 6) for v in values]
 
 
-@dataclass
-class SamplingOptions:
-    """steps: DDIM steps, or for DDPM a timestep count / section counts ('10,15,20') to respace to."""
-
-    sampler: str = "ddim"
-    steps: int | str = 50
-    eta: float = 0.0
-    cfg_scale: float = 1.0
-    strength: float = 1.0
-
-
-def sample_batch(
-    model: nn.Module,
-    diffusion: GaussianDiffusion,
-    x_T: torch.Tensor,
-    scores: torch.Tensor,
-    noise_index: torch.Tensor,
-    generator: torch.Generator,
-    options: SamplingOptions,
-    start_images: torch.Tensor | None = None,
-    callback: Callable | None = None,
-) -> torch.Tensor:
-    """Sample one batch; with start_images, x_T is the noise added to them (SDEdit at options.strength)."""
-    cond = {"score": scores} if "score" in model.config.get("conditions", ()) else {}
-    guided = x_T.shape[1] if diffusion.learn_sigma else None
-    model_fn = classifier_free_guidance(model, cond, options.cfg_scale, guided_channels=guided)
-    process = diffusion
-    if options.sampler == "ddpm" and str(options.steps) != str(diffusion.num_timesteps):
-        process = respace(diffusion, space_timesteps(diffusion.num_timesteps, options.steps))
-    x, t_start = x_T, None
-    if start_images is not None:
-        x, t_start = sdedit_start(process, start_images, options.strength, x_T)
-    if options.sampler == "ddpm":
-        return ddpm_sample(process, model_fn, x, generator=generator, noise_index=noise_index, t_start=t_start, callback=callback)
-    return ddim_sample(
-        process, model_fn, x, steps=int(options.steps), eta=options.eta, generator=generator, noise_index=noise_index,
-        t_start=t_start, callback=callback,
-    )
-
-
 @torch.no_grad()
 def render_sequences(
     model: nn.Module,
@@ -90,7 +45,7 @@ def render_sequences(
     num_sequences: int,
     image_size: int,
     seed: int,
-    options: SamplingOptions,
+    spec: SamplingSpec,
     device: torch.device,
     sequences_per_batch: int = 8,
     start_images: torch.Tensor | None = None,
@@ -101,7 +56,8 @@ def render_sequences(
 
     x_T of every sequence comes from one generator seeded with `seed`; each batch of sequences draws its
     per-step noise from a generator seeded with (seed, first sequence of the batch), so the same seed and
-    sequences_per_batch reproduce the images exactly. start_images (S, 3, H, W) switches to SDEdit.
+    sequences_per_batch reproduce the images exactly. start_images (S, 3, H, W) switches to SDEdit at
+    spec.strength.
     """
     k = len(conditions)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -118,7 +74,9 @@ def render_sequences(
         starts = None
         if start_images is not None:
             starts = start_images[first : first + count].repeat_interleave(k, dim=0).to(device)
-        images = sample_batch(model, diffusion, x_T, scores, noise_index, step_gen, options, starts, callback if first == 0 else None)
+        cond = {"score": scores} if "score" in model.config.get("conditions", ()) else {}
+        images = sample(model, diffusion, x_T, cond, spec, generator=step_gen, noise_index=noise_index, start_images=starts,
+                        callback=callback if first == 0 else None)
         out.append(images.float().clamp(-1, 1).cpu().view(count, k, *images.shape[1:]))
     return torch.cat(out)
 

@@ -15,7 +15,8 @@ from conftest import tiny_config
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.unet import UNet
 from test_train import TINY_UNET
-from recipes.transitions import SamplingOptions, parse_conditions, render_sequences
+from diffusion.sampling import SamplingSpec
+from recipes.transitions import parse_conditions, render_sequences
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +53,13 @@ def test_a_sequence_shares_start_and_per_step_noise(sampler):
     torch.manual_seed(0)
     model = ScoreBlind().eval()
     diffusion = GaussianDiffusion.from_config("cosine", 20)
-    options = SamplingOptions(sampler=sampler, steps=20, eta=1.0, cfg_scale=2.0)
-    images = render_sequences(model, diffusion, [0.0, 0.5, 1.0], 3, 8, 7, options, torch.device("cpu"), 2, progress=False)
+    spec = SamplingSpec(sampler=sampler, steps=20, eta=1.0, cfg_scale=2.0)
+    images = render_sequences(model, diffusion, [0.0, 0.5, 1.0], 3, 8, 7, spec, torch.device("cpu"), 2, progress=False)
     assert images.shape == (3, 3, 3, 8, 8)
     for s in range(3):
         torch.testing.assert_close(images[s, 0], images[s, 2])
     assert not torch.allclose(images[0, 0], images[1, 0])
-    again = render_sequences(model, diffusion, [0.0, 0.5, 1.0], 3, 8, 7, options, torch.device("cpu"), 2, progress=False)
+    again = render_sequences(model, diffusion, [0.0, 0.5, 1.0], 3, 8, 7, spec, torch.device("cpu"), 2, progress=False)
     torch.testing.assert_close(images, again)
 
 

@@ -27,11 +27,11 @@ from common.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from common.errors import ConfigError  # noqa: E402
 from data.annotations import DataError  # noqa: E402
 from dataloader import validation_set  # noqa: E402
+from diffusion.sampling import SamplingSpec  # noqa: E402
 from recipes.latents import sample_tiles  # noqa: E402
 from metrics.structural import ssim, unpaired_scores  # noqa: E402
 from model import load_checkpoint, resolve_config, run_dir_for  # noqa: E402
 from common.runtime import pick_device  # noqa: E402
-from recipes.synthesis import Respacing  # noqa: E402
 from trainer import TrainingError  # noqa: E402
 
 FIELDS = ["variant", "step", "ssim", "nll_bpd", "samples", "nll_images"]
@@ -108,10 +108,13 @@ def evaluate_variant(run_dir: Path, settings: dict[str, Any], device: torch.devi
     if "label" in loaded.model_config["unet"].get("conditions", ()):
         labels = torch.tensor([int(val[i]["label"]) for i in range(count)])
     generator = torch.Generator(device=device).manual_seed(int(settings.get("seed", 0)))
-    respacing = Respacing.parse(str(settings.get("sampling", "ddim50")))
+    try:
+        spec = SamplingSpec.parse_respacing(str(settings.get("sampling", "ddim50")), cfg_scale=float(settings.get("cfg_scale", 1.0)))
+    except ValueError as err:
+        raise ConfigError(f"evaluate: sampling / cfg_scale of the grid: {err}") from None
     fake = torch.cat([
         sample_tiles(loaded.model, loaded.diffusion, None if labels is None else labels[i : i + 32], min(32, count - i),
-                     float(settings.get("cfg_scale", 1.0)), respacing, generator, device)
+                     spec, generator, device)
         for i in range(0, count, 32)
     ])
     ssim_value = float(torch.as_tensor(unpaired_scores(real, fake, lambda x, y: ssim(x, y), pairs=count, seed=0)).mean())
