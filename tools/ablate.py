@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,16 +21,16 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 import train  # noqa: E402
-from common.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
-from common.errors import ConfigError  # noqa: E402
-from data.annotations import DataError  # noqa: E402
+from common.checkpoint import read_checkpoint  # noqa: E402
+from common.cli import run_main  # noqa: E402
+from common.errors import ConfigError, DataError  # noqa: E402
+from common.files import save_figure_atomic, write_csv_atomic  # noqa: E402
+from common.runtime import pick_device  # noqa: E402
 from dataloader import validation_set  # noqa: E402
 from diffusion.sampling import SamplingSpec  # noqa: E402
-from recipes.latents import sample_tiles  # noqa: E402
 from metrics.structural import ssim, unpaired_scores  # noqa: E402
 from model import load_checkpoint, resolve_config, run_dir_for  # noqa: E402
-from common.runtime import pick_device  # noqa: E402
-from trainer import TrainingError  # noqa: E402
+from recipes.latents import sample_tiles  # noqa: E402
 
 FIELDS = ["variant", "step", "ssim", "nll_bpd", "samples", "nll_images"]
 
@@ -135,12 +133,7 @@ def read_results(path: Path) -> dict[str, dict[str, str]]:
 
 
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix="results.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv_atomic(path, FIELDS, rows)
 
 
 def plot_results(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -152,7 +145,7 @@ def plot_results(path: Path, rows: list[dict[str, Any]]) -> None:
         ax.set_xticks(np.arange(len(rows)), names, rotation=45, ha="right", fontsize=8)
         ax.set_title(label, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -188,12 +181,7 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(argv)
-    except (ConfigError, DataError, CheckpointError, TrainingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":
