@@ -20,9 +20,10 @@ import dataloader
 from common.cli import run_main
 from common.errors import ConfigError
 from common.runtime import pick_device
+from diffusion.sampling import SAMPLERS
 from model import MODEL_TYPES, load_checkpoint, load_ensemble, recipe_for
 from recipes.base import DataAccess, InferenceFlag, RenderContext
-from recipes.transitions import SAMPLERS
+
 
 SAMPLING_FLAGS = ("sampler", "steps", "timestep_respacing", "eta", "save_trajectory", "cfg_scale")
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from diffusion.gaussian_diffusion import GaussianDiffusion
-from diffusion.sampling import SAMPLERS, SamplingSpec, sample  # noqa: F401  (SAMPLERS: the --sampler choices)
+from diffusion.sampling import SamplingSpec, sample
 from common.figures import labelled_grid, score_plot, to_uint8
 
 
