@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from diffusion.network_inputs import forced_drop, positive_int
+from diffusion.network_inputs import condition_drop, positive_int
 
 
 class ConditionEmbedding(nn.Module):
@@ -75,9 +76,17 @@ class LabelEmbedding(ConditionEmbedding):
         return self.table(value)
 
 
-CONDITION_EMBEDDINGS: dict[str, Callable[[int, int], ConditionEmbedding]] = {
-    "score": lambda dim, num_labels: ScoreEmbedding(dim),
-    "label": lambda dim, num_labels: LabelEmbedding(dim, num_labels),
+def _style(dim: int, num_labels: int, settings: Mapping[str, Any] | None) -> ConditionEmbedding:
+    from diffusion.style import StyleEmbedding  # the style encoder module builds on ConditionEmbedding above
+
+    return StyleEmbedding(dim, **dict(settings or {}))
+
+
+# Each vector condition: (embedding width, number of labels, its settings) -> its embedding.
+CONDITION_EMBEDDINGS: dict[str, Callable[[int, int, Mapping[str, Any] | None], ConditionEmbedding]] = {
+    "score": lambda dim, num_labels, settings: ScoreEmbedding(dim),
+    "label": lambda dim, num_labels, settings: LabelEmbedding(dim, num_labels),
+    "style": _style,
 }
 
 
@@ -105,7 +114,8 @@ class ConditionEmbedder(nn.Module):
     """Sum of the embeddings of the named conditions, each dropped to its null with its own probability in training."""
 
     def __init__(
-        self, conditions: Sequence[str], dim: int, drop_prob: float | Mapping[str, float] = 0.0, num_labels: int = 0
+        self, conditions: Sequence[str], dim: int, drop_prob: float | Mapping[str, float] = 0.0, num_labels: int = 0,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         conditions = list(conditions)
@@ -119,15 +129,20 @@ class ConditionEmbedder(nn.Module):
         self.conditions = conditions
         self.dim = dim
         self.drop_prob = _resolve_drop_prob(conditions, drop_prob)
-        self.embeddings = nn.ModuleDict({name: CONDITION_EMBEDDINGS[name](dim, num_labels) for name in conditions})
+        settings = settings or {}
+        self.embeddings = nn.ModuleDict(
+            {name: CONDITION_EMBEDDINGS[name](dim, num_labels, settings.get(name)) for name in conditions}
+        )
 
-    def forward(self, cond: Mapping[str, Tensor] | None, batch: int, drop_cond: Tensor | None = None) -> Tensor:
+    def forward(self, cond: Mapping[str, Tensor] | None, batch: int,
+                drop_cond: Tensor | Mapping[str, Tensor] | None = None) -> Tensor:
+        """drop_cond: rows that use the nulls of every condition, or a mapping name -> rows for that condition."""
         device = self.embeddings[self.conditions[0]].null_embedding.device
-        forced = forced_drop(drop_cond, batch, device)
         cond = {} if cond is None else cond
         total: Tensor | None = None
         for name in self.conditions:
             module = self.embeddings[name]
+            forced = condition_drop(drop_cond, name, batch, device)
             if name not in cond:
                 if not bool(forced.all()):
                     raise ValueError(

@@ -1,6 +1,8 @@
 """Turning a conditional network `model(x, t, cond, drop_cond)` into a sampler's model_fn(x, t).
 
-`drop_cond` is a BoolTensor[B]; True makes that element use the null condition for every condition.
+`drop_cond` is a BoolTensor[B]; True makes that element use the null condition for every condition. Guidance on
+some conditions only (`guided_conditions`, e.g. the style but not the layout) passes a mapping from those names to
+their BoolTensor[B] instead, so the other conditions stay in both passes.
 """
 from __future__ import annotations
 
@@ -32,20 +34,36 @@ def conditional_model_fn(model: ConditionalModel, cond: dict[str, torch.Tensor])
     return model_fn
 
 
+def rescale_guidance(guided: torch.Tensor, conditional: torch.Tensor, rescale: float) -> torch.Tensor:
+    """CFG-rescale (Lin et al., 2024): the guided prediction scaled to the per-sample standard deviation of the
+    conditional one, mixed with the plain guided prediction by `rescale` (0: plain guidance)."""
+    if rescale == 0.0:
+        return guided
+    dims = tuple(range(1, guided.ndim))
+    matched = guided * (conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp_min(1e-12))
+    return rescale * matched + (1.0 - rescale) * guided
+
+
 def classifier_free_guidance(
     model: ConditionalModel,
     cond: dict[str, torch.Tensor],
     scale: float,
     guided_channels: int | None = None,
+    guided_conditions: tuple[str, ...] | None = None,
+    rescale: float = 0.0,
 ) -> ModelFn:
     """model_fn returning uncond + scale * (cond - uncond), both passes run as one batch of 2B.
 
     scale 1 is the conditional output alone (the unconditional pass is skipped), 0 the unconditional one.
     With `guided_channels` C (a learned-sigma model's prediction channels) only output channels [:C] are
-    combined; the remaining (variance) channels are the conditional pass's, unchanged.
+    combined; the remaining (variance) channels are the conditional pass's, unchanged. `guided_conditions`
+    names the conditions the unconditional pass drops (default: all of them); `rescale` in [0, 1] applies
+    CFG-rescale to the guided channels.
     """
     if not math.isfinite(scale):
         raise ValueError(f"guidance scale must be a finite number, got {scale!r}")
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"guidance rescale must lie in [0, 1], got {rescale!r}")
     if guided_channels is not None and (
         isinstance(guided_channels, bool) or not isinstance(guided_channels, int) or guided_channels < 1
     ):
@@ -63,10 +81,12 @@ def classifier_free_guidance(
                 torch.ones(batch, dtype=torch.bool, device=x.device),
             ]
         )
+        if guided_conditions is not None:
+            drop = {name: drop for name in guided_conditions}
         out = model(torch.cat([x, x]), torch.cat([t, t]), doubled_cond, drop)
         conditional, unconditional = out[:batch], out[batch:]
         if guided_channels is None:
-            return unconditional + scale * (conditional - unconditional)
+            return rescale_guidance(unconditional + scale * (conditional - unconditional), conditional, rescale)
         if out.ndim < 2 or out.shape[1] < guided_channels:
             raise ValueError(
                 f"guided_channels is {guided_channels} but the model output has shape {tuple(out.shape)}; "
@@ -75,6 +95,7 @@ def classifier_free_guidance(
         guided = unconditional[:, :guided_channels] + scale * (
             conditional[:, :guided_channels] - unconditional[:, :guided_channels]
         )
+        guided = rescale_guidance(guided, conditional[:, :guided_channels], rescale)
         return torch.cat([guided, conditional[:, guided_channels:]], dim=1)
 
     return model_fn

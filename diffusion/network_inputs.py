@@ -1,8 +1,8 @@
-"""Checks of the diffusion networks' constructor arguments and forward inputs, shared by UNet and SDMUNet."""
+"""Checks of the diffusion networks' constructor arguments and forward inputs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -88,3 +88,12 @@ def forced_drop(drop_cond: Tensor | bool | None, batch: int, device: torch.devic
             f"drop_cond must be a bool tensor of shape ({batch},), got {drop_cond.dtype} {tuple(drop_cond.shape)}"
         )
     return drop_cond.to(device)
+
+
+def condition_drop(drop_cond: Tensor | bool | Mapping[str, Tensor | bool] | None, name: str, batch: int,
+                   device: torch.device) -> Tensor:
+    """Rows whose condition `name` is replaced by its null: drop_cond for every condition at once, or a mapping
+    from condition names to their own drop_cond (a name left out is not dropped)."""
+    if isinstance(drop_cond, Mapping):
+        return forced_drop(drop_cond.get(name), batch, device)
+    return forced_drop(drop_cond, batch, device)

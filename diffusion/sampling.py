@@ -47,6 +47,8 @@ class SamplingSpec:
     clip_x0: clip the predicted x0 to [-1, 1] at every step (pixel-space data).
     strength: where a start from real images begins, in (0, 1]: their noise level as a fraction of the
         process (1.0 = the last timestep, i.e. from noise). Used only when `sample` gets start_images.
+    cfg_rescale: CFG-rescale in [0, 1] (0: plain guidance).
+    guided_conditions: the conditions guidance drops in its unconditional pass (None: all of them).
     """
 
     sampler: str = "ddim"
@@ -55,6 +57,8 @@ class SamplingSpec:
     cfg_scale: float = 1.0
     clip_x0: bool = True
     strength: float = 1.0
+    cfg_rescale: float = 0.0
+    guided_conditions: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -78,6 +82,10 @@ class SamplingSpec:
             raise ValueError(f"clip_x0 must be True or False, got {self.clip_x0!r}")
         if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {self.strength!r}")
+        if isinstance(self.cfg_rescale, bool) or not isinstance(self.cfg_rescale, (int, float)) or not 0.0 <= self.cfg_rescale <= 1.0:
+            raise ValueError(f"cfg_rescale must be in [0, 1], got {self.cfg_rescale!r}")
+        if self.guided_conditions is not None:
+            object.__setattr__(self, "guided_conditions", tuple(str(n) for n in self.guided_conditions))
 
     @classmethod
     def parse_respacing(cls, text: str, **fields: Any) -> "SamplingSpec":
@@ -135,7 +143,8 @@ def sample(
         raise ValueError(f"strength {spec.strength} is for starts from real images, but no start_images were given")
     if guided_channels is None and diffusion.learn_sigma:
         guided_channels = x_T.shape[1]
-    model_fn = classifier_free_guidance(model, cond, spec.cfg_scale, guided_channels=guided_channels)
+    model_fn = classifier_free_guidance(model, cond, spec.cfg_scale, guided_channels=guided_channels,
+                                        guided_conditions=spec.guided_conditions, rescale=spec.cfg_rescale)
     process = sampling_process(diffusion, spec)
     x, t_start = x_T, None
     if start_images is not None:

@@ -28,9 +28,9 @@ from diffusion.network_inputs import (
     batch_timesteps,
     channel_multipliers,
     check_image_batch,
+    condition_drop,
     dropout_rate,
     flag,
-    forced_drop,
     level_resolutions,
     positive_int,
 )
@@ -75,9 +75,10 @@ class SemanticCondition(nn.Module):
         self.channels = channels
         self.drop_prob = drop_prob
 
-    def forward(self, x: Tensor, cond: Mapping[str, Tensor] | None, drop_cond: Tensor | bool | None) -> Tensor:
+    def forward(self, x: Tensor, cond: Mapping[str, Tensor] | None,
+                drop_cond: Tensor | bool | Mapping[str, Tensor] | None) -> Tensor:
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]
-        forced = forced_drop(drop_cond, batch, x.device)
+        forced = condition_drop(drop_cond, "semantic", batch, x.device)
         cond = {} if cond is None else cond
         if "semantic" not in cond:
             if not bool(forced.all()):
@@ -128,6 +129,8 @@ class UNet(nn.Module):
         resblock_updown: bool = False,
         use_scale_shift_norm: bool = True,
         use_checkpoint: bool = False,
+        semantic_spade: bool = True,
+        style_encoder: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         for name, value in [("image_size", image_size), ("in_channels", in_channels), ("out_channels", out_channels),
@@ -138,7 +141,7 @@ class UNet(nn.Module):
         flags = {name: flag(name, value) for name, value in [
             ("mid_attention", mid_attention), ("concat_semantic", concat_semantic),
             ("resblock_updown", resblock_updown), ("use_scale_shift_norm", use_scale_shift_norm),
-            ("use_checkpoint", use_checkpoint)]}
+            ("use_checkpoint", use_checkpoint), ("semantic_spade", semantic_spade)]}
         dropout = dropout_rate(dropout)
         conditions = _condition_names(conditions)
         semantic = "semantic" in conditions
@@ -150,6 +153,10 @@ class UNet(nn.Module):
             )
         if concat_semantic and not semantic:
             raise ValueError(f"concat_semantic needs 'semantic' in conditions, got {conditions}")
+        if semantic and not semantic_spade and not concat_semantic:
+            raise ValueError("semantic_spade=False needs concat_semantic=True: the layout must enter somewhere")
+        if ("style" in conditions) != (style_encoder is not None):
+            raise ValueError("style_encoder (the style encoder's settings) goes with the 'style' condition, and only with it")
         if isinstance(cond_drop_prob, Mapping):
             cond_drop_prob = {str(name): float(p) for name, p in cond_drop_prob.items()}
         else:
@@ -175,6 +182,7 @@ class UNet(nn.Module):
             "attention_resolutions": list(attention_resolutions), "num_head_channels": num_head_channels,
             "dropout": dropout, "conditions": list(conditions), "cond_drop_prob": copy.deepcopy(cond_drop_prob),
             "num_labels": int(num_labels), "semantic_channels": int(semantic_channels), "spade_hidden": spade_hidden,
+            "style_encoder": copy.deepcopy(dict(style_encoder)) if style_encoder is not None else None,
             **flags,
         }
         self.conditions = tuple(conditions)
@@ -186,13 +194,14 @@ class UNet(nn.Module):
         self.time_mlp = time_mlp(dim, emb_dim)
         vector_conditions = [name for name in conditions if name in CONDITION_EMBEDDINGS]
         self.cond_embed = (
-            ConditionEmbedder(vector_conditions, emb_dim, {n: drop_probs[n] for n in vector_conditions}, num_labels)
+            ConditionEmbedder(vector_conditions, emb_dim, {n: drop_probs[n] for n in vector_conditions}, num_labels,
+                              {"style": style_encoder} if style_encoder is not None else None)
             if vector_conditions else None
         )
         self.semantic_cond = SemanticCondition(semantic_channels, drop_probs["semantic"]) if semantic else None
 
         def block(c_in: int, c_out: int, resample: str | None = None, modulated: bool = False) -> ResBlock:
-            spade_channels = semantic_channels if semantic and modulated else None
+            spade_channels = semantic_channels if semantic and semantic_spade and modulated else None
             return ResBlock(c_in, c_out, emb_dim, dropout, use_scale_shift_norm, resample, spade_channels, spade_hidden)
 
         def attention(channels: int) -> AttentionBlock:
@@ -250,7 +259,7 @@ class UNet(nn.Module):
         x: Tensor,
         t: Tensor | float,
         cond: Mapping[str, Tensor] | None = None,
-        drop_cond: Tensor | bool | None = None,
+        drop_cond: Tensor | bool | Mapping[str, Tensor] | None = None,
     ) -> Tensor:
         check_image_batch(x, self.in_channels, self.downsample_factor)
         batch = x.shape[0]

@@ -482,7 +482,7 @@ def test_bad_call_arguments_are_errors():
         (dict(attention_resolutions=(4,)), "attention_resolutions"),
         (dict(num_head_channels=5), "num_head_channels"),
         (dict(attention_resolutions=(), num_head_channels=12), "num_head_channels"),
-        (dict(conditions=("score", "colour")), "known conditions are \\['label', 'score', 'semantic'\\]"),
+        (dict(conditions=("score", "colour")), "known conditions are \\['label', 'score', 'semantic', 'style'\\]"),
         (dict(conditions=("score", "score")), "repeat"),
         (dict(conditions="score"), "list of condition names"),
         (dict(cond_drop_prob=1.5), "cond_drop_prob"),
