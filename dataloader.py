@@ -24,7 +24,7 @@ from common.files import read_csv_rows
 from common.options import Option, flag_bool, str_list
 from data.annotations import Annotation, ClassMap, DataError
 from data.condition_maps import MapOptions, map_settings
-from data.families import LAYOUT_DATASETS, PCAM_DATASETS, TILE_DATASETS
+from data.families import LAYOUT_DATASETS, PCAM_DATASETS, SEGMENTATION_DATASETS, TILE_DATASETS
 from data.meningioma import read_meningioma
 from data.midog import midog_summary, read_midog_json
 from data.monuseg import (
@@ -52,6 +52,7 @@ from data.pcam import (
 from data.sliderunner import read_sliderunner, sliderunner_summary
 from data.splits import share_of, tail_split
 from data.synthetic import generate_synthetic_dataset, synthetic_paths
+from data.tile_pairs import MixedTilePairs, TilePairs, list_pairs, split_pairs, tile_size_of
 from data.synthetic_monuseg import generate_synthetic_monuseg
 from data.synthetic_pcam import make_fake_pcam_h5
 from data.wsi import (
@@ -100,6 +101,10 @@ DATA_OPTIONS: tuple[Option, ...] = (
     # PatchCamelyon
     O("pcam_crop", int, None, "centre crop of the 96 px PatchCamelyon patches (32 in the PCam DDPM work)", None, "pcam data"),
     O("class_filter", int, None, "train on one PatchCamelyon class only (0 non-cancerous, 1 cancerous)", None, "pcam data"),
+    # segmentation tile pairs
+    O("datasets", str_list, None, "seg_tiles: folders of images/*.png + masks/*.png, comma-separated (default --data_root)", None, "segmentation data"),
+    O("ratios", str_list, None, "seg_tiles: share of every training batch from each --datasets folder, e.g. 0.2,0.8 (default equal)", None, "segmentation data"),
+    O("stain_augment", flag_bool, False, "seg_tiles: seeded HED stain jitter of the training tiles", None, "segmentation data"),
     # clusters
     O("cluster_file", str, None, "cluster CSV: sdm trains on --cluster_id of tools.cluster's tiles; ldm takes every tile's cluster as its label", None, "clusters"),
 )
@@ -124,6 +129,34 @@ def check_data_options(config: dict[str, Any]) -> None:
         raise ConfigError("--split slides needs --split_file CSV (columns slide,split)")
     if config["cluster_id"] is not None and not config["cluster_file"]:
         raise ConfigError("--cluster_id needs --cluster_file")
+    if config["dataset"] in SEGMENTATION_DATASETS:
+        config["ratios"] = segmentation_ratios(config)
+    elif config.get("datasets") or config.get("ratios"):
+        raise ConfigError(f"--datasets and --ratios are for --dataset {' or '.join(SEGMENTATION_DATASETS)}, not {config['dataset']}")
+
+
+def segmentation_folders(config: dict[str, Any]) -> list[Path]:
+    """The --datasets folders of a segmentation data set (--data_root, or data/<dataset>, without them)."""
+    if config.get("datasets"):
+        return [Path(d) for d in config["datasets"]]
+    return [Path(config["data_root"] or Path("data") / config["dataset"])]
+
+
+def segmentation_ratios(config: dict[str, Any]) -> list[float]:
+    """--ratios as numbers, one per --datasets folder, non-negative and summing to 1 (equal shares by default)."""
+    count = len(segmentation_folders(config))
+    raw = config.get("ratios")
+    if not raw:
+        return [1.0 / count] * count
+    try:
+        ratios = [float(r) for r in raw]
+    except (TypeError, ValueError):
+        raise ConfigError(f"--ratios must be numbers, got {','.join(map(str, raw))}") from None
+    if len(ratios) != count:
+        raise ConfigError(f"--ratios has {len(ratios)} values but --datasets names {count} folder(s); give one share per folder")
+    if any(not np.isfinite(r) or r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise ConfigError(f"--ratios must be non-negative shares summing to 1, got {','.join(map(str, raw))}")
+    return ratios
 
 
 @dataclass(frozen=True)
@@ -376,8 +409,32 @@ def build_pcam_datasets(config: dict[str, Any]) -> Datasets:
     return Datasets(train, val, size, PCAM_CLASSES)
 
 
+def build_segmentation_datasets(config: dict[str, Any]) -> Datasets:
+    """Tile pairs of each --datasets folder split by slide (--val_fraction); training batches mix the folders at
+    --ratios, validation holds every folder's held-out slides."""
+    num_classes = config["seg_classes"]
+    train_sources, val_pairs, sizes = [], [], {}
+    for folder in segmentation_folders(config):
+        pairs = list_pairs(folder)
+        sizes[folder] = tile_size_of(pairs)
+        train, val = split_pairs(pairs, config["val_fraction"], config["seed"])
+        train_sources.append(TilePairs(train, num_classes, augment=config["augment"], stain_augment=config["stain_augment"], seed=config["seed"]))
+        val_pairs += val
+    size = next(iter(sizes.values()))
+    for folder, other in sizes.items():
+        if other != size:
+            raise DataError(f"--datasets: tiles of {folder} are {other} px but those of {next(iter(sizes))} are {size} px")
+    if "tile_size" in config.get("explicit", ()) and config["tile_size"] != size:
+        raise DataError(f"--tile_size {config['tile_size']} differs from the tiles of {next(iter(sizes))} ({size} px)")
+    train_set = MixedTilePairs(train_sources, segmentation_ratios(config), config["batch_size"], seed=config["seed"])
+    val_set = TilePairs(val_pairs, num_classes, seed=config["seed"]) if val_pairs else None
+    return Datasets(train_set, val_set, size, num_classes, endless=True)
+
+
 def build_datasets(config: dict[str, Any]) -> Datasets:
     """Training items and validation set of the config's data set."""
+    if config["dataset"] in SEGMENTATION_DATASETS:
+        return build_segmentation_datasets(config)
     if config["dataset"] in PCAM_DATASETS:
         return build_pcam_datasets(config)
     if config["dataset"] in LAYOUT_DATASETS:

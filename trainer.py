@@ -37,7 +37,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     O("grad_clip", float, 1.0, "clip the gradient norm to this (0: off)", None, "train"),
     O("ema_decay", float, None, "EMA decay of the weights (0: off; default 0.9995 for diffusion models, 0 for classifiers and autoencoders)", None, "train"),
     O("precision", str, "fp32", "fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA)", ("fp32", "bf16", "fp16"), "train"),
-    O("loss_function", str, None, "diffusion and sdm: l1, l2 or huber (default l2); classifiers: bce", ("l1", "l2", "huber", "bce"), "train"),
+    O("loss_function", str, None, "diffusion and sdm: l1, l2 or huber (default l2); classifiers: bce; segmentation: ce_dice", ("l1", "l2", "huber", "bce", "ce_dice"), "train"),
     O("val_every", int, 500, "validate every N steps (0: only at the end)", None, "train"),
     O("val_batches", int, 0, "validation batches per validation (0: the whole set)", None, "train"),
     O("save_every", int, 0, "also keep a checkpoint every N steps (0: only last and best)", None, "train"),

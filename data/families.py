@@ -5,6 +5,7 @@ WSI_DATASETS = ("canine", "meningioma", "midog", "synthetic")
 LAYOUT_DATASETS = ("monuseg", "synthetic_monuseg")
 TILE_DATASETS = ("npy", "synthetic_tiles")
 PCAM_DATASETS = ("pcam", "synthetic_pcam")
-DATASETS = WSI_DATASETS + LAYOUT_DATASETS + TILE_DATASETS + PCAM_DATASETS
+SEGMENTATION_DATASETS = ("seg_tiles",)
+DATASETS = WSI_DATASETS + LAYOUT_DATASETS + TILE_DATASETS + PCAM_DATASETS + SEGMENTATION_DATASETS
 # Datasets whose samples carry each vector condition.
 CONDITION_DATASETS = {"score": WSI_DATASETS, "label": PCAM_DATASETS + TILE_DATASETS}

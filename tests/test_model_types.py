@@ -14,6 +14,7 @@ import train
 from data.npy_stack import tiles_from_slides, write_stack
 from data.synthetic import synthetic_paths
 from data.synthetic_monuseg import SyntheticMonusegConfig, generate_synthetic_monuseg
+from data.tile_pairs import write_demo_tile_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small values for whichever of these options a model type takes.
@@ -36,7 +37,9 @@ def demo_data(synthetic_root, tmp_path_factory) -> dict[str, Path]:
     clusters = base / "clusters.csv"
     with clusters.open("w", newline="") as fh:
         csv.writer(fh).writerows([("tile", "cluster")] + [(i, i % 2) for i in range(len(tiles))])
-    return {"synthetic": synthetic_root, "synthetic_monuseg": base / "monuseg", "synthetic_tiles": stack, "clusters": clusters}
+    seg_tiles = write_demo_tile_pairs(base / "seg_tiles", slides=3, tiles_per_slide=2, size=16, seed=0)
+    return {"synthetic": synthetic_root, "synthetic_monuseg": base / "monuseg", "synthetic_tiles": stack, "clusters": clusters,
+            "seg_tiles": seg_tiles}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def demo_argv(model_type: str, data: dict[str, Path], out: Path, trained) -> lis
     return argv
 
 
-def render_argv(model_type: str, trained) -> list[str]:
+def render_argv(model_type: str, trained, data: dict[str, Path]) -> list[str]:
     """Small inference runs; a new model type adds its own here."""
     return {
         "diffusion": ["--classifier_ckpts", str(trained("resnet18").parent), "--condition_values", "0,1",
@@ -76,11 +79,12 @@ def render_argv(model_type: str, trained) -> list[str]:
         "sdm": ["--num_samples", "2", "--steps", "2"],
         "ldm": ["--num_per_cluster", "1", "--steps", "2"],
         "vqvae": [], "autoencoder_kl": [], "resnet18": [], "resnet34": [], "resnet50": [],
+        "segmentation": ["--test_dir", str(data["seg_tiles"])],
     }[model_type]
 
 
 @pytest.mark.parametrize("model_type", list(model.MODEL_TYPES))
-def test_model_type_contract(model_type, runs, tmp_path, capsys):
+def test_model_type_contract(model_type, runs, demo_data, tmp_path, capsys):
     recipe = model.recipe_for(model_type)
     run_dir = runs(model_type)
     state = torch.load(run_dir / "last.pt", weights_only=True)
@@ -94,7 +98,7 @@ def test_model_type_contract(model_type, runs, tmp_path, capsys):
     assert type(loaded.model) is type(recipe.build_network(loaded.model_config))
 
     out = tmp_path / "rendered"
-    code = inference.main(["--ckpt", str(run_dir / "last.pt"), "--out_dir", str(out), *render_argv(model_type, runs)])
+    code = inference.main(["--ckpt", str(run_dir / "last.pt"), "--out_dir", str(out), *render_argv(model_type, runs, demo_data)])
     if recipe.renders:
         assert code == 0, capsys.readouterr().err
         assert any(p.suffix == ".png" for p in out.rglob("*")) and any(p.suffix == ".csv" for p in out.rglob("*"))
