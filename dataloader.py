@@ -24,7 +24,7 @@ from common.files import read_csv_rows
 from common.options import Option, flag_bool, str_list
 from data.annotations import Annotation, ClassMap, DataError
 from data.condition_maps import MapOptions, map_settings
-from data.families import LAYOUT_DATASETS, PCAM_DATASETS, SEGMENTATION_DATASETS, TILE_DATASETS
+from data.families import LAYOUT_DATASETS, PCAM_DATASETS, REGION_DATASETS, SEGMENTATION_DATASETS, TILE_DATASETS
 from data.meningioma import read_meningioma
 from data.midog import midog_summary, read_midog_json
 from data.monuseg import (
@@ -49,12 +49,16 @@ from data.pcam import (
     kaggle_split,
     read_kaggle_labels,
 )
+from data.region_patches import RegionPatches, open_region_slides, tissue_positions
 from data.sliderunner import read_sliderunner, sliderunner_summary
 from data.splits import share_of, tail_split
 from data.synthetic import generate_synthetic_dataset, synthetic_paths
 from data.tile_pairs import MixedTilePairs, TilePairs, list_pairs, split_pairs, tile_size_of
 from data.synthetic_monuseg import generate_synthetic_monuseg
 from data.synthetic_pcam import make_fake_pcam_h5
+from data.synthetic_regions import CLASS_MAP as REGIONS_CLASS_MAP
+from data.synthetic_regions import generate_synthetic_regions, regions_paths
+from data.style_sampling import STYLE_MODES
 from data.wsi import (
     PatchOptions,
     StreamSampler,
@@ -105,6 +109,11 @@ DATA_OPTIONS: tuple[Option, ...] = (
     O("datasets", str_list, None, "seg_tiles: folders of images/*.png + masks/*.png, comma-separated (default --data_root)", None, "segmentation data"),
     O("ratios", str_list, None, "seg_tiles: share of every training batch from each --datasets folder, e.g. 0.2,0.8 (default equal)", None, "segmentation data"),
     O("stain_augment", flag_bool, False, "seg_tiles: seeded HED stain jitter of the training tiles", None, "segmentation data"),
+    # region data
+    O("class_map", str, None, "region classes to labels, e.g. stroma:1,tumor:2 (background 0; default: the data set's)", None, "region data"),
+    O("num_style_images", int, 2, "style reference crops per patch", None, "region data"),
+    O("style_sampling", str, "multi_patch", "where style crops come from: near the patch on its slide, random tissue of its slide, strong affine transforms of the patch, or nowhere", STYLE_MODES, "region data"),
+    O("patches_per_slide", int, 64, "seeded patch positions with tissue per training slide", None, "region data"),
     # clusters
     O("cluster_file", str, None, "cluster CSV: sdm trains on --cluster_id of tools.cluster's tiles; ldm takes every tile's cluster as its label", None, "clusters"),
 )
@@ -121,6 +130,8 @@ def check_data_options(config: dict[str, Any]) -> None:
         ("max_offset", config["max_offset"] >= 0, "non-negative"),
         ("num_classes", config["num_classes"] >= 2, "at least 2 (background and nucleus)"),
         ("test_size", config["test_size"] >= 0, "non-negative"),
+        ("num_style_images", config["num_style_images"] >= 0, "non-negative"),
+        ("patches_per_slide", config["patches_per_slide"] >= 1, "at least 1"),
     ]
     for name, ok, expected in checks:
         if not ok:
@@ -431,8 +442,39 @@ def build_segmentation_datasets(config: dict[str, Any]) -> Datasets:
     return Datasets(train_set, val_set, size, num_classes, endless=True)
 
 
+def region_root(config: dict[str, Any]) -> Path:
+    """The folder of a region set; the synthetic one is generated there when missing."""
+    root = Path(config["data_root"] or Path("data") / config["dataset"])
+    if config["dataset"] == "synthetic_regions" and not regions_paths(root)["database"].is_file():
+        print(f"generating the synthetic region slides into {root}", file=sys.stderr)
+        generate_synthetic_regions(root, progress=False)
+    return root
+
+
+def build_region_datasets(config: dict[str, Any]) -> Datasets:
+    """Patches of the training slides (slides.csv split "train"); validation is a seeded --val_fraction share of
+    those patches. Held-out slides are only style sources at generation."""
+    slides = open_region_slides(region_root(config), config["class_map"] or REGIONS_CLASS_MAP)
+    names = slides.names("train")
+    if not names:
+        raise DataError(f"{slides.root}: slides.csv names no slide with split 'train'")
+    size = config["tile_size"]
+    positions = tissue_positions(slides, names, size, config["patches_per_slide"], config["seed"])
+    order = np.random.default_rng([config["seed"], 11]).permutation(len(positions))
+    held = share_of(len(positions), config["val_fraction"])
+    val_positions, train_positions = [positions[i] for i in order[:held]], [positions[i] for i in order[held:]]
+    if not train_positions:
+        raise DataError(f"{slides.root}: --val_fraction {config['val_fraction']} leaves no training patches")
+    common = dict(tile_size=size, num_style=config["num_style_images"], style_mode=config["style_sampling"], seed=config["seed"])
+    train = RegionPatches(slides, train_positions, augment=config["augment"], **common)
+    val = RegionPatches(slides, val_positions, **common) if val_positions else None
+    return Datasets(train, val, size)
+
+
 def build_datasets(config: dict[str, Any]) -> Datasets:
     """Training items and validation set of the config's data set."""
+    if config["dataset"] in REGION_DATASETS:
+        return build_region_datasets(config)
     if config["dataset"] in SEGMENTATION_DATASETS:
         return build_segmentation_datasets(config)
     if config["dataset"] in PCAM_DATASETS:

@@ -17,7 +17,7 @@ from common.errors import CheckpointError, ConfigError
 from common.options import Option, OptionTable, flag_bool
 from dataloader import DATA_OPTIONS, check_data_options
 from data.families import DATASETS
-from recipes import autoencoder, classifier, latent, score_diffusion, segmentation, semantic
+from recipes import autoencoder, classifier, latent, score_diffusion, segmentation, semantic, style_diffusion
 from recipes.base import LoadedModel, Recipe
 from recipes.classifier import Ensemble
 from trainer import TRAIN_OPTIONS, check_training_options
@@ -45,6 +45,7 @@ MODEL_TYPES: dict[str, ModelType] = {t.name: t for t in (
     entry("resnet34", classifier.Classifier),
     entry("resnet50", classifier.Classifier),
     entry("segmentation", segmentation.SegmentationRecipe),
+    entry("stedm", style_diffusion.StyleDiffusion),
 )}
 
 O = Option
@@ -75,7 +76,7 @@ def _option_table() -> OptionTable:
     for model_type in MODEL_TYPES.values():
         for opt in model_type.recipe.options:
             options.setdefault(opt.name, opt)
-    order = ["run", "patches", "wsi data", "layout data", "tile data", "pcam data", "segmentation data", "clusters", "train"]
+    order = ["run", "patches", "wsi data", "layout data", "tile data", "pcam data", "segmentation data", "region data", "clusters", "train"]
     return OptionTable(sorted(options.values(), key=lambda o: order.index(o.group) if o.group in order else len(order)))
 
 

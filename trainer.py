@@ -67,13 +67,19 @@ def check_training_options(config: dict) -> None:
 
 
 def ema_with_warmup(decay: float):
-    """EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n)) over n updates."""
+    """EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n)) over n updates;
+    integer buffers are copied."""
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
-        torch._foreach_lerp_(averaged, current, 1.0 - d)
+        pairs = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+        for a, c in zip(averaged, current):
+            if not a.is_floating_point():
+                a.copy_(c)  # integer buffers (e.g. batch-norm counters) follow the model
+        if pairs:
+            torch._foreach_lerp_([a for a, _ in pairs], [c for _, c in pairs], 1.0 - d)
 
     return update
 

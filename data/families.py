@@ -6,6 +6,7 @@ LAYOUT_DATASETS = ("monuseg", "synthetic_monuseg")
 TILE_DATASETS = ("npy", "synthetic_tiles")
 PCAM_DATASETS = ("pcam", "synthetic_pcam")
 SEGMENTATION_DATASETS = ("seg_tiles",)
-DATASETS = WSI_DATASETS + LAYOUT_DATASETS + TILE_DATASETS + PCAM_DATASETS + SEGMENTATION_DATASETS
+REGION_DATASETS = ("synthetic_regions",)
+DATASETS = WSI_DATASETS + LAYOUT_DATASETS + TILE_DATASETS + PCAM_DATASETS + SEGMENTATION_DATASETS + REGION_DATASETS
 # Datasets whose samples carry each vector condition.
 CONDITION_DATASETS = {"score": WSI_DATASETS, "label": PCAM_DATASETS + TILE_DATASETS}

@@ -76,4 +76,4 @@ def test_readme_option_tables_are_the_registry_tables():
 def test_option_groups_name_the_model_types_that_take_them():
     tables = options_markdown()
     assert "**sdm** (sdm)" in tables and "**classifier** (resnet18, resnet34, resnet50)" in tables
-    assert "**diffusion** (diffusion, ldm, sdm)" in tables and "**run** (all model types)" in tables
+    assert "**diffusion** (diffusion, ldm, sdm, stedm)" in tables and "**run** (all model types)" in tables

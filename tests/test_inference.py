@@ -112,6 +112,6 @@ def test_inference_errors(trained, tmp_path, capsys, kind):
     }[kind]
     assert inference.main(argv + ["--out_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and {"missing_ckpt": "does not exist", "classifier_as_diffusion": "sampling needs a diffusion, sdm, ldm, vqvae or autoencoder_kl checkpoint",
+    assert err.startswith("error: ") and {"missing_ckpt": "does not exist", "classifier_as_diffusion": "holds a resnet18 classifier; sampling needs a diffusion, sdm",
                                           "bad_conditions": "--condition_values"}[kind] in err
     assert not (tmp_path / "o").exists()

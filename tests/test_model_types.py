@@ -14,6 +14,7 @@ import train
 from data.npy_stack import tiles_from_slides, write_stack
 from data.synthetic import synthetic_paths
 from data.synthetic_monuseg import SyntheticMonusegConfig, generate_synthetic_monuseg
+from data.synthetic_regions import SyntheticRegionsConfig, generate_synthetic_regions
 from data.tile_pairs import write_demo_tile_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +39,10 @@ def demo_data(synthetic_root, tmp_path_factory) -> dict[str, Path]:
     with clusters.open("w", newline="") as fh:
         csv.writer(fh).writerows([("tile", "cluster")] + [(i, i % 2) for i in range(len(tiles))])
     seg_tiles = write_demo_tile_pairs(base / "seg_tiles", slides=3, tiles_per_slide=2, size=16, seed=0)
+    regions = generate_synthetic_regions(base / "regions", SyntheticRegionsConfig(num_slides=3, size=128, heldout=1, nests_per_slide=1),
+                                         progress=False)
     return {"synthetic": synthetic_root, "synthetic_monuseg": base / "monuseg", "synthetic_tiles": stack, "clusters": clusters,
-            "seg_tiles": seg_tiles}
+            "seg_tiles": seg_tiles, "synthetic_regions": regions}
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,7 @@ def render_argv(model_type: str, trained, data: dict[str, Path]) -> list[str]:
         "ldm": ["--num_per_cluster", "1", "--steps", "2"],
         "vqvae": [], "autoencoder_kl": [], "resnet18": [], "resnet34": [], "resnet50": [],
         "segmentation": ["--test_dir", str(data["seg_tiles"])],
+        "stedm": ["--num_samples", "2", "--steps", "2"],
     }[model_type]
 
 
