@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from data.annotations import DataError, normalise
-from data.sliderunner import REQUIRED_TABLES, _columns, _coordinates, _majority, _persons, _tables, _votes
+from data.sliderunner import _columns, _coordinates, _majority, _persons, _tables, _votes, open_readonly
 
 POLYGON_TYPE = 3
 IGNORE = 255
@@ -40,24 +40,6 @@ class RegionPolygon:
     class_name: str | None
     uid: int
     vertices: np.ndarray
-
-
-def open_readonly(path: str | Path) -> sqlite3.Connection:
-    """Open a SlideRunner database read-only and immutable; DataError when it is absent or not one."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: SlideRunner database not found")
-    con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
-    try:
-        tables = _tables(con)
-    except sqlite3.DatabaseError as exc:
-        con.close()
-        raise DataError(f"{p}: not a SlideRunner database ({exc})") from exc
-    missing = [t for t in REQUIRED_TABLES if t not in tables]
-    if missing:
-        con.close()
-        raise DataError(f"{p}: not a SlideRunner database (missing tables {missing})")
-    return con
 
 
 def read_region_polygons(path: str | Path, slides: Iterable[str] | None = None) -> list[RegionPolygon]:

@@ -35,12 +35,12 @@ class _Record:
     votes: tuple[tuple[str, str], ...]
 
 
-def _connect(path: str | Path) -> sqlite3.Connection:
-    """Open `path` read-only and check that it holds the SlideRunner tables."""
+def open_readonly(path: str | Path) -> sqlite3.Connection:
+    """Open a SlideRunner database read-only and immutable (no side files) and check that it holds its tables."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: SlideRunner database not found")
-    con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
+    con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
     try:
         tables = _tables(con)
     except sqlite3.DatabaseError as exc:
@@ -125,7 +125,7 @@ def _majority(votes: tuple[tuple[str, str], ...]) -> str | None:
 def _load(path: str | Path, annotators: Sequence[str] | None = None) -> tuple[list[str], list[str], list[_Record]]:
     """Slide filenames, class names and the non-deleted annotations of one database."""
     source = Path(path)
-    con = _connect(source)
+    con = open_readonly(source)
     try:
         tables = _tables(con)
         slides = {uid: str(name) for uid, name in con.execute("SELECT uid, filename FROM Slides ORDER BY uid")}
@@ -234,7 +234,7 @@ def read_sliderunner(
 
 def sliderunner_slides(path: str | Path) -> list[str]:
     """Filenames of the slides in the database, in database order."""
-    con = _connect(path)
+    con = open_readonly(path)
     try:
         return [str(name) for (name,) in con.execute("SELECT filename FROM Slides ORDER BY uid")]
     finally:
@@ -243,7 +243,7 @@ def sliderunner_slides(path: str | Path) -> list[str]:
 
 def sliderunner_classes(path: str | Path) -> list[str]:
     """Class names of the database, in database order."""
-    con = _connect(path)
+    con = open_readonly(path)
     try:
         return [str(name) for (name,) in con.execute("SELECT name FROM Classes ORDER BY uid") if name is not None]
     finally:
