@@ -172,7 +172,7 @@ def render_styled(ctx: RenderContext) -> None:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        captions = [["layout", *[f"style {rows[r]['style_slide']}"[:18]] * count, "generated"] for r in range(len(grid))]
+        captions = [["layout", *[Path(rows[r]["style_slide"]).stem[-11:]] * count, "generated"] for r in range(len(grid))]
         labelled_grid(grid, captions, scale=2 if grid[0][0].shape[-1] <= 64 else 1, caption_lines=1).save(folder / "grid.png")
         written["n"] = len(rows)
 
