@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -97,3 +97,23 @@ class CachedFolder:
     def reuse_or_build(self, write: Callable[[Path], Mapping[str, Any] | None]) -> Path:
         """`root` as it is when it matches, otherwise built with `write` (see `build`)."""
         return self.root if self.matches() else self.build(write)
+
+
+def generate_once(
+    root: str | Path,
+    config: Any,
+    build: Callable[[Path, Any, bool], Mapping[str, Any] | None],
+    progress: bool,
+    *,
+    version: int,
+    record_name: str,
+    what: str,
+    option: str,
+    required: Sequence[str | Path],
+) -> Path:
+    """Generate the demo-data folder of the dataclass `config` (which has validate()) into `root` with
+    build(folder, config, progress), atomically; reuse it when it is already there with the same parameters."""
+    config.validate()
+    folder = CachedFolder(root=Path(root), params={"format": version, **asdict(config)}, record_name=record_name,
+                          what=what, option=option, required=[str(p) for p in required])
+    return folder.reuse_or_build(lambda staging: build(staging, config, progress))

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from data.annotations import DataError
+from common.cli import run_main
 
 
 def generator_main(
@@ -31,12 +30,10 @@ def generator_main(
         default: Any = getattr(defaults, name)
         parser.add_argument(f"--{name}", type=type(default), default=default, help=helps.get(name))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    config = config_type(**{name: getattr(args, name) for name in names})
-    try:
-        root = generate(args.root, config, progress=not args.quiet)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(root)
-    return 0
+
+    def run(arguments: Sequence[str] | None) -> None:
+        args = parser.parse_args(arguments)
+        config = config_type(**{name: getattr(args, name) for name in names})
+        print(generate(args.root, config, progress=not args.quiet))
+
+    return run_main(run, argv)

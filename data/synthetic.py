@@ -11,7 +11,7 @@ import csv
 import sqlite3
 import sys
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +22,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from data.annotations import DataError
-from data.cached_folder import CachedFolder
+from data.cached_folder import generate_once
 from data.generator_cli import generator_main
 from data.painting import (
     Canvas,
@@ -470,26 +470,15 @@ def build_dataset(folder: Path, config: SyntheticConfig, progress: bool) -> None
     (folder / "README.txt").write_text(describe(config))
 
 
-def dataset_folder(root: Path, config: SyntheticConfig) -> CachedFolder:
-    """The generated folder `root` of a dataset made with `config`, recorded in synthetic.json."""
-    relative = synthetic_paths(Path())
-    slides = [relative["slides_dir"] / slide_name(i) for i in range(config.num_slides)]
-    return CachedFolder(
-        root=root,
-        params={"format": FORMAT_VERSION, **asdict(config)},
-        record_name="synthetic.json",
-        what="synthetic dataset",
-        option="--data_root",
-        required=[str(p) for p in (relative["database"], relative["splits"], *slides)],
-    )
-
-
 def generate_synthetic_dataset(
     root: str | Path, config: SyntheticConfig = SyntheticConfig(), progress: bool = True
 ) -> Path:
     """Generate the dataset into `root` atomically; do nothing if it is already there with `config`."""
-    config.validate()
-    return dataset_folder(Path(root), config).reuse_or_build(lambda folder: build_dataset(folder, config, progress))
+    relative = synthetic_paths(Path())
+    slides = [relative["slides_dir"] / slide_name(i) for i in range(config.num_slides)]
+    return generate_once(root, config, build_dataset, progress, version=FORMAT_VERSION, record_name="synthetic.json",
+                         what="synthetic dataset", option="--data_root",
+                         required=[relative["database"], relative["splits"], *slides])
 
 
 def main(argv: list[str] | None = None) -> int:

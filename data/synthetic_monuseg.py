@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import xml.etree.ElementTree as ElementTree
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from skimage.measure import find_contours
 from tqdm import tqdm
 
 from data.annotations import DataError
-from data.cached_folder import CachedFolder
+from data.cached_folder import generate_once
 from data.generator_cli import generator_main
 from data.monuseg import ANNOTATIONS_DIR, IMAGES_DIR, MIN_AREA
 from data.painting import Canvas, NucleusLook, local_grid, shade_ellipse, stain_to_rgb, stroma
@@ -253,25 +253,14 @@ def build_set(folder: Path, config: SyntheticMonusegConfig, progress: bool) -> N
     )
 
 
-def set_folder(root: Path, config: SyntheticMonusegConfig) -> CachedFolder:
-    """The generated folder `root` of a set made with `config`, recorded in synthetic_monuseg.json."""
-    stems = [image_stem(i) for i in range(config.num_images)]
-    return CachedFolder(
-        root=root,
-        params={"format": FORMAT_VERSION, **asdict(config)},
-        record_name="synthetic_monuseg.json",
-        what="synthetic MoNuSeg set",
-        option="--root",
-        required=[f"{IMAGES_DIR}/{s}.tif" for s in stems] + [f"{ANNOTATIONS_DIR}/{s}.xml" for s in stems],
-    )
-
-
 def generate_synthetic_monuseg(
     root: str | Path, config: SyntheticMonusegConfig = SyntheticMonusegConfig(), progress: bool = True
 ) -> Path:
     """Generate the set into `root` atomically; do nothing if it is already there with `config`."""
-    config.validate()
-    return set_folder(Path(root), config).reuse_or_build(lambda folder: build_set(folder, config, progress))
+    stems = [image_stem(i) for i in range(config.num_images)]
+    return generate_once(root, config, build_set, progress, version=FORMAT_VERSION,
+                         record_name="synthetic_monuseg.json", what="synthetic MoNuSeg set", option="--root",
+                         required=[f"{IMAGES_DIR}/{s}.tif" for s in stems] + [f"{ANNOTATIONS_DIR}/{s}.xml" for s in stems])
 
 
 def main(argv: list[str] | None = None) -> int:

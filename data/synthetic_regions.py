@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import sqlite3
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from data.annotations import DataError
-from data.cached_folder import CachedFolder
+from data.cached_folder import generate_once
 from data.generator_cli import generator_main
 from data.painting import (
     EOSIN_OD,
@@ -306,26 +306,15 @@ def build_set(folder: Path, config: SyntheticRegionsConfig, progress: bool) -> N
     )
 
 
-def set_folder(root: Path, config: SyntheticRegionsConfig) -> CachedFolder:
-    """The generated folder `root` of a set made with `config`, recorded in synthetic_regions.json."""
-    relative = regions_paths(Path())
-    slides = [relative["slides_dir"] / slide_name(i) for i in range(config.num_slides)]
-    return CachedFolder(
-        root=root,
-        params={"format": FORMAT_VERSION, **asdict(config)},
-        record_name="synthetic_regions.json",
-        what="synthetic region set",
-        option="--root",
-        required=[str(p) for p in (relative["database"], relative["slides_csv"], *slides)],
-    )
-
-
 def generate_synthetic_regions(
     root: str | Path, config: SyntheticRegionsConfig = SyntheticRegionsConfig(), progress: bool = True
 ) -> Path:
     """Generate the set into `root` atomically; do nothing if it is already there with `config`."""
-    config.validate()
-    return set_folder(Path(root), config).reuse_or_build(lambda folder: build_set(folder, config, progress))
+    relative = regions_paths(Path())
+    slides = [relative["slides_dir"] / slide_name(i) for i in range(config.num_slides)]
+    return generate_once(root, config, build_set, progress, version=FORMAT_VERSION,
+                         record_name="synthetic_regions.json", what="synthetic region set", option="--root",
+                         required=[relative["database"], relative["slides_csv"], *slides])
 
 
 def main(argv: list[str] | None = None) -> int:
