@@ -21,6 +21,7 @@ from skimage.color import hed2rgb, rgb2hed
 from data.annotations import DataError
 from data.base import SeededDataset
 from data.mixing import mixed_count
+from data.monuseg import BINARY_MASK_DIRS, binary_mask_folder, read_binary_mask
 from data.splits import split_by_group
 
 IMAGE_SUFFIXES = (".png",)
@@ -46,13 +47,21 @@ def slide_names(stems: Sequence[str]) -> dict[str, str]:
     return {s: s.split("_", 1)[0] if prefixed else s for s in stems}
 
 
+def mask_folder(folder: Path) -> Path | None:
+    """The mask folder of a tile folder: masks/ (class indices), else labels/ or bin_masks/ (0/255), else None."""
+    return folder / "masks" if (folder / "masks").is_dir() else binary_mask_folder(folder)
+
+
 def list_pairs(folder: str | Path) -> list[TilePair]:
-    """Every image of `folder`/images with its mask in `folder`/masks, sorted by stem (DataError naming what is missing)."""
+    """Every image of `folder`/images with its mask in `folder`/masks (class indices) or, without masks/, in
+    labels/ or bin_masks/ (binary 0/255 nucleus masks, read as classes 0/1), sorted by stem (DataError naming
+    what is missing)."""
     folder = Path(folder)
-    images_dir, masks_dir = folder / "images", folder / "masks"
-    for sub in (images_dir, masks_dir):
-        if not sub.is_dir():
-            raise DataError(f"{folder}: expected a tile folder with images/*.png and masks/*.png ({sub} is missing)")
+    images_dir, masks_dir = folder / "images", mask_folder(folder)
+    if not images_dir.is_dir() or masks_dir is None:
+        missing = images_dir if not images_dir.is_dir() else folder / "masks"
+        raise DataError(f"{folder}: expected a tile folder with images/*.png and masks/*.png (class indices) or "
+                        f"labels/*.png or bin_masks/*.png (0/255 nucleus masks) ({missing} is missing)")
     images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     if not images:
@@ -75,7 +84,9 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_mask(path: Path, num_classes: int) -> np.ndarray:
-    """int64 H x W class indices in [0, num_classes)."""
+    """int64 H x W class indices in [0, num_classes); a mask in labels/ or bin_masks/ is binary (non-zero = class 1)."""
+    if path.parent.name in BINARY_MASK_DIRS:
+        return read_binary_mask(path).astype(np.int64)
     try:
         with Image.open(path) as handle:
             mask = np.asarray(handle)

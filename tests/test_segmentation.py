@@ -1,4 +1,4 @@
-"""Downstream segmentation: metrics against hand counts, training, batch composition, the downstream run, errors."""
+"""Downstream segmentation: metrics against hand counts, folder formats, the downstream run through train.py, errors."""
 from __future__ import annotations
 
 import csv
@@ -11,21 +11,22 @@ import torch
 from PIL import Image
 from skimage.draw import disk
 
-from tools import segmentation
 from data.annotations import DataError
+from data.tile_pairs import TilePairs, list_pairs
+from tools import segmentation
 from tools.segmentation import (
-    MixedBatchSampler,
-    SegNet,
+    TrainSettings,
     comes_from,
     dice_score,
-    evaluate_segmentation,
     object_f1,
     read_tiled_folder,
     run_downstream,
     source_of,
     split_by_name,
-    train_segmentation,
 )
+
+# A small encoder keeps the tiny runs quick on the CPU (its UNet needs batches of at least 2 at 32 px).
+QUICK = TrainSettings(steps=2, batch_size=2, lr=1e-3, seed=0, encoder="mobilenet_v2", device="cpu", num_workers=0)
 
 BACKGROUND = np.array([235, 205, 225])
 NUCLEUS = np.array([70, 40, 120])
@@ -154,13 +155,7 @@ def test_metrics_reject_shape_mismatch():
         object_f1(np.zeros((3, 3)), np.zeros((4, 3), np.int32))
 
 
-# --------------------------------------------------------------------------------------------- network, reader
-
-
-def test_segnet_keeps_any_input_size():
-    model = SegNet(base=4, depth=3).eval()
-    for h, w in ((32, 32), (27, 45)):
-        assert model(torch.zeros(2, 3, h, w)).shape == (2, 1, h, w)
+# --------------------------------------------------------------------------------------------- folders
 
 
 def test_reader_prefers_labels_and_checks_sizes(tmp_path):
@@ -178,55 +173,36 @@ def test_reader_prefers_labels_and_checks_sizes(tmp_path):
     with pytest.raises(DataError, match=r"labels/tile_01\.png: missing"):
         read_tiled_folder(folder)
 
-
-# --------------------------------------------------------------------------------------------- training
-
-
-def test_training_learns_dark_discs(tmp_path):
-    folder = write_tiled_folder(tmp_path / "real", 12, size=32, count=3, radius=4)
-    tiles = read_tiled_folder(folder)
-    model = train_segmentation(tiles[:8], steps=100, batch_size=8, lr=1e-2, crop_size=32, base=8, depth=2, progress=False)
-    losses = model.loss_history
-    assert len(losses) == 100
-    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
-    scores = evaluate_segmentation(model, tiles[8:])
-    chance = np.mean([dice_score(np.ones_like(t.mask), t.mask) for t in tiles[8:]])
-    assert chance < 0.5
-    assert scores["dice"] > 0.8
-    assert scores["f1"] > 0.5
-
-
-@pytest.mark.parametrize("ratio, expected", [(0.0, {"real"}), (1.0, {"synthetic"})])
-def test_ratio_decides_the_source_of_every_sample(tmp_path, monkeypatch, ratio, expected):
-    real = read_tiled_folder(write_tiled_folder(tmp_path / "real", 3))
-    synthetic = read_tiled_folder(write_tiled_folder(tmp_path / "gen", 3, seed=1, mask_folder="labels"))
-    drawn: list[str] = []
-    original = MixedBatchSampler.draw
-
-    def recording_draw(self):
-        batch = original(self)
-        drawn.extend(source for source, _ in batch)
-        return batch
-
-    monkeypatch.setattr(MixedBatchSampler, "draw", recording_draw)
-    train_segmentation(real, synthetic, ratio=ratio, steps=3, batch_size=4, crop_size=16, base=4, depth=1, progress=False)
-    assert len(drawn) == 12 and set(drawn) == expected
+@pytest.mark.parametrize("mask_folder", ["labels", "bin_masks", "masks"])
+def test_tile_pairs_read_every_mask_folder_format(tmp_path, mask_folder):
+    folder = write_tiled_folder(tmp_path / mask_folder, 2, mask_folder=mask_folder)
+    if mask_folder == "masks":  # class indices, not 0/255
+        for path in (folder / "masks").iterdir():
+            Image.fromarray((np.asarray(Image.open(path)) > 0).astype(np.uint8)).save(path)
+    pairs = list_pairs(folder)
+    assert [p.name for p in pairs] == ["tile_00", "tile_01"] and all(p.mask.parent.name == mask_folder for p in pairs)
+    truth = [t.mask for t in read_tiled_folder(folder)] if mask_folder != "masks" else None
+    for i, pair in enumerate(pairs):
+        classes = TilePairs(pairs, 2)[i]["semantic"].argmax(0).numpy()
+        expected = np.asarray(tifffile.imread(folder / "inst_masks" / f"{pair.name}.tif")) > 0
+        assert classes.dtype == np.int64 and set(np.unique(classes)) == {0, 1}
+        assert np.array_equal(classes == 1, expected)
+        assert truth is None or np.array_equal(truth[i], expected)
 
 
-def test_mixed_batches_hold_the_expected_share():
-    rng = np.random.default_rng(0)
-    exact = MixedBatchSampler(5, 5, 0.25, 8, rng)
-    assert all(sum(s == "synthetic" for s, _ in exact.draw()) == 2 for _ in range(50))
-    mixed = MixedBatchSampler(5, 7, 0.35, 10, rng)
-    counts = [sum(s == "synthetic" for s, _ in mixed.draw()) for _ in range(2000)]
-    assert set(counts) == {3, 4}
-    assert np.mean(counts) == pytest.approx(3.5, abs=0.1)
-    batch = mixed.draw()
-    assert all(0 <= i < (7 if s == "synthetic" else 5) for s, i in batch)
-    with pytest.raises(ValueError, match="needs synthetic tiles"):
-        MixedBatchSampler(5, 0, 0.5, 8, rng)
-    with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\]"):
-        MixedBatchSampler(5, 5, 1.5, 8, rng)
+def test_tile_pairs_prefer_masks_and_name_what_is_missing(tmp_path):
+    folder = write_tiled_folder(tmp_path / "both", 1, mask_folder="bin_masks")
+    (folder / "masks").mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / "masks" / "tile_00.png")
+    assert list_pairs(folder)[0].mask == folder / "masks" / "tile_00.png"
+    bare = write_tiled_folder(tmp_path / "bare", 1, mask_folder="inst_only")
+    with pytest.raises(DataError, match=r"bare: expected a tile folder with images/\*\.png and masks/\*\.png .*labels/\*\.png or bin_masks"):
+        list_pairs(bare)
+    (folder / "masks" / "tile_00.png").unlink()
+    (folder / "masks").rmdir()
+    (folder / "bin_masks" / "tile_00.png").unlink()
+    with pytest.raises(DataError, match=r"tile_00\.png: no mask .*bin_masks/tile_00\.png"):
+        list_pairs(folder)
 
 
 # --------------------------------------------------------------------------------------------- downstream run
@@ -260,57 +236,75 @@ def test_run_downstream_writes_results_and_never_trains_on_held_out(tmp_path, mo
     real = write_tiled_folder(tmp_path / "real", 0, names=names)
     generated = [f"sdm_s2_{i:05d}_{name}" for i, name in enumerate(names)] + ["other_00", "other_01"]
     gen = write_tiled_folder(tmp_path / "gen", 0, seed=2, mask_folder="labels", names=generated)
-    trained_on: list[tuple[set[str], set[str]]] = []
-    evaluated_on: list[set[str]] = []
-    train, evaluate = segmentation.train_segmentation, segmentation.evaluate_segmentation
+    trained_on: list[dict[str, set[str]]] = []
+    scored_on: list[set[str]] = []
+    train, score = segmentation.train_model, segmentation.score_checkpoint
 
-    def recording_train(real_tiles, synthetic_tiles, ratio, *args, **kwargs):
-        used = ({t.name for t in real_tiles} if ratio < 1 else set(), {t.name for t in synthetic_tiles} if ratio > 0 else set())
-        trained_on.append(used)
-        return train(real_tiles, synthetic_tiles, ratio, *args, **kwargs)
+    def recording_train(folders, shares, out_dir, settings):
+        assert len(folders) == len(shares) and sum(shares) == pytest.approx(1)
+        trained_on.append({Path(f).name: {p.name for p in list_pairs(f)} for f in folders})
+        return train(folders, shares, out_dir, settings)
 
-    def recording_evaluate(model, held_out, *args, **kwargs):
-        evaluated_on.append({t.name for t in held_out})
-        return evaluate(model, held_out, *args, **kwargs)
+    def recording_score(checkpoint, held_out, *args, **kwargs):
+        scored_on.append({t.name for t in held_out})
+        assert checkpoint.name == "last.pt"
+        return score(checkpoint, held_out, *args, **kwargs)
 
-    monkeypatch.setattr(segmentation, "train_segmentation", recording_train)
-    monkeypatch.setattr(segmentation, "evaluate_segmentation", recording_evaluate)
+    monkeypatch.setattr(segmentation, "train_model", recording_train)
+    monkeypatch.setattr(segmentation, "score_checkpoint", recording_score)
     out = tmp_path / "results" / "downstream.csv"
-    rows = run_downstream(real, [gen], [0, 0.5, 1], held_out_fraction=0.3, steps=2, batch_size=4, out_csv=out,
-                          device="cpu", crop_size=16, progress=False)
+    rows = run_downstream(real, [gen], [0, 0.5, 1], held_out_fraction=0.3, settings=QUICK, out_csv=out, progress=False)
     assert [r["ratio"] for r in rows] == [0, 0.5, 1]
-    held = evaluated_on[0]
-    assert len(evaluated_on) == 3 and all(e == held for e in evaluated_on)
+    held = scored_on[0]
+    assert len(scored_on) == 3 and all(s == held for s in scored_on)
     held_sources = {source_of(n) for n in held}
     assert len(held_sources) == 2  # round(0.3 * 5 source images)
-    train_real = trained_on[0][0]
+    assert [set(t) for t in trained_on] == [{"real_train"}, {"real_train", "synthetic"}, {"synthetic"}]
+    train_real = trained_on[0]["real_train"]
     assert train_real | held == set(names) and not {source_of(n) for n in train_real} & held_sources
-    for real_names, synthetic_names in trained_on:
-        assert not real_names & held
-        assert not any(source_of(n.split("_", 3)[-1]) in held_sources for n in synthetic_names)
-    assert trained_on[1][1] == {f"sdm_s2_{names.index(n):05d}_{n}" for n in train_real} | {"other_00", "other_01"}
+    synthetic = trained_on[1]["synthetic"]
+    assert synthetic == {f"sdm_s2_{names.index(n):05d}_{n}" for n in train_real} | {"other_00", "other_01"}
+    assert trained_on[1]["real_train"] == train_real and trained_on[2]["synthetic"] == synthetic
+    runs = tmp_path / "results" / "downstream_runs"
+    for ratio in ("0", "0.5", "1"):
+        assert (runs / f"ratio_{ratio}" / "segmentation_seg_tiles" / "last.pt").is_file()
     with out.open() as fh:
         table = list(csv.DictReader(fh))
     assert list(table[0]) == ["ratio", "n_real", "n_synthetic", "dice", "f1", "precision", "recall"]
-    n_train, n_syn = str(len(train_real)), str(len(train_real) + 2)
+    n_train, n_syn = str(len(train_real)), str(len(synthetic))
     assert [(r["n_real"], r["n_synthetic"]) for r in table] == [(n_train, "0"), (n_train, n_syn), ("0", n_syn)]
-    assert all(0 <= float(r["dice"]) <= 1 for r in table)
+    assert all(0 <= float(r[c]) <= 1 for r in table for c in ("dice", "f1", "precision", "recall"))
     assert out.with_suffix(".png").stat().st_size > 0
     with pytest.raises(ValueError, match="already exists; pass --overwrite"):
-        run_downstream(real, [gen], [0], out_csv=out, device="cpu", progress=False)
+        run_downstream(real, [gen], [0], settings=QUICK, out_csv=out, progress=False)
 
 
-def test_cli_runs_and_reports_bad_folders(tmp_path, capsys):
+def test_scoring_pads_tiles_that_are_no_multiple_of_32():
+    class Constant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.tensor([0.0, 1.0]))
+
+        def forward(self, x):
+            assert x.shape[-2] % 32 == 0 and x.shape[-1] % 32 == 0
+            return self.bias.view(1, 2, 1, 1).expand(x.shape[0], 2, *x.shape[-2:])
+
+    mask = segmentation.predict_mask(Constant(), np.zeros((27, 45, 3), np.uint8))
+    assert mask.shape == (27, 45) and mask.all()
+
+
+def test_cli_runs_and_reports_bad_input(tmp_path, capsys):
     real = write_tiled_folder(tmp_path / "real", 4)
     gen = write_tiled_folder(tmp_path / "gen", 2, seed=5, mask_folder="labels")
     out = tmp_path / "downstream.csv"
-    args = ["--real", str(real), "--synthetic", str(gen), "--ratios", "0,1", "--steps", "2", "--batch_size", "2",
-            "--crop_size", "16", "--device", "cpu", "--out", str(out)]
+    args = ["--real", str(real), "--synthetic", str(gen), "--ratios", "1", "--steps", "1", "--batch_size", "2",
+            "--seg_encoder", "mobilenet_v2", "--num_workers", "0", "--device", "cpu", "--out", str(out)]
     assert segmentation.main(args) == 0
-    assert len(out.read_text().splitlines()) == 3
+    assert len(out.read_text().splitlines()) == 2
     assert segmentation.main(args) == 2
     assert "already exists" in capsys.readouterr().err
-    assert segmentation.main(args + ["--overwrite"]) == 0
+    assert segmentation.main(args + ["--overwrite", "--seg_encoder", "no_such_encoder"]) == 2
+    assert "--seg_encoder no_such_encoder: not a segmentation_models_pytorch encoder" in capsys.readouterr().err
 
     Image.fromarray(np.zeros((20, 32, 3), np.uint8)).save(gen / "images" / "tile_01.png")
     assert segmentation.main(args + ["--overwrite"]) == 2
@@ -324,3 +318,5 @@ def test_cli_runs_and_reports_bad_folders(tmp_path, capsys):
     assert "no masks" in capsys.readouterr().err
     assert segmentation.main(args + ["--overwrite", "--ratios", "0,2"]) == 2
     assert "--ratios" in capsys.readouterr().err
+    assert segmentation.main(args + ["--overwrite", "--steps", "0"]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from data.monuseg import split_names
 from data.npy_stack import TileStack, split_tiles, write_stack
 from data.pcam import kaggle_split
 from data.wsi import PatchOptions, WSITrainPatches, split_annotations
-from tools.segmentation import MixedBatchSampler, split_by_name
+from tools.segmentation import split_by_name
 
 NAMES = [f"img{s}_{y}_{x}" for s in "ABCDEFG" for y in (0, 48) for x in (0, 48)]
 
@@ -118,23 +118,6 @@ def test_mitotic_slots_per_batch():
     for ratio, slots in expected.items():
         data = WSITrainPatches(anns, {"s": "unused"}, PatchOptions(), batch_size=8, mite_ratio=ratio, seed=2)
         assert bits(data.is_mitotic_slot(i) for i in range(64)) == slots
-
-
-def test_mixed_batches_of_real_and_synthetic_tiles():
-    sampler = MixedBatchSampler(5, 7, 0.35, 10, np.random.default_rng(11))
-    draws = [sampler.draw() for _ in range(5)]
-    assert draws[0] == [("synthetic", 5), ("synthetic", 3), ("synthetic", 4), ("synthetic", 4), ("real", 3),
-                        ("real", 0), ("real", 2), ("real", 0), ("real", 2), ("real", 4)]
-    assert draws[2] == [("synthetic", 6), ("synthetic", 1), ("synthetic", 5), ("real", 0), ("real", 1), ("real", 3),
-                        ("real", 1), ("real", 3), ("real", 2), ("real", 2)]
-    assert [sum(source == "synthetic" for source, _ in draw) for draw in draws] == [4, 4, 3, 3, 4]
-    sampler = MixedBatchSampler(5, 5, 0.25, 8, np.random.default_rng(11))
-    assert sampler.draw() == [("synthetic", 3), ("synthetic", 2), ("real", 2), ("real", 3), ("real", 3), ("real", 0),
-                              ("real", 2), ("real", 0)]
-    only_real = MixedBatchSampler(3, 0, 0.0, 4, np.random.default_rng(11))
-    only_synthetic = MixedBatchSampler(0, 3, 1.0, 4, np.random.default_rng(11))
-    assert only_real.draw() == [("real", 2), ("real", 1), ("real", 1), ("real", 1)]
-    assert only_synthetic.draw() == [("synthetic", 2), ("synthetic", 1), ("synthetic", 1), ("synthetic", 1)]
 
 
 def test_shared_rules():

@@ -1,8 +1,10 @@
-"""Downstream check of generated tiles: a small UNet nucleus segmenter trained on real and synthetic tiles.
+"""Downstream check of generated tiles: the toolkit's segmentation model trained on real and synthetic tiles.
 
 A tiled folder holds `images/*.png` (RGB), `bin_masks/*.png` or `labels/*.png` (nucleus foreground, 0/255;
-`labels/` wins when both exist) and `inst_masks/*.tif` (uint16 instance ids), matched by file stem. One SegNet
-is trained per share of synthetic tiles in each batch and scored on held-out real tiles (Dice, object F1).
+`labels/` wins when both exist) and `inst_masks/*.tif` (uint16 instance ids), matched by file stem. The real
+tiles are split by source image; for each share of synthetic tiles per batch (`--ratios`) one `--model_type
+segmentation` run (train.py, `--dataset seg_tiles` mixing the real training tiles and the synthetic tiles) is
+trained, and its last checkpoint is scored on the held-out real tiles (nucleus Dice, object F1).
 
 `python -m tools.segmentation --real DIR --synthetic GEN_DIR --ratios 0,0.5 --out results/downstream.csv`
 """
@@ -10,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Sequence
 
 import matplotlib
 
@@ -22,14 +25,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 from skimage.measure import label  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import train  # noqa: E402
 from common.cli import run_main  # noqa: E402
 from common.errors import ConfigError, DataError  # noqa: E402
 from common.files import save_figure_atomic, write_csv_atomic  # noqa: E402
+from common.runtime import pick_device  # noqa: E402
 from data.monuseg import (  # noqa: E402
     TILE_NAME,
     mask_tile_files,
@@ -38,11 +44,12 @@ from data.monuseg import (  # noqa: E402
     read_rgb,
     source_of,
 )
-from data.mixing import mixed_count  # noqa: E402
 from data.splits import split_by_group  # noqa: E402
-from common.runtime import pick_device  # noqa: E402
+from model import load_checkpoint  # noqa: E402
 
 RESULT_COLUMNS = ("ratio", "n_real", "n_synthetic", "dice", "f1", "precision", "recall")
+# The encoders of segmentation_models_pytorch downsample by 32: held-out tiles are padded to a multiple of it.
+UNET_MULTIPLE = 32
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,28 @@ class Tile:
     image: np.ndarray
     mask: np.ndarray
     instances: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How each segmentation run is trained (passed on to train.py)."""
+
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+    encoder: str = "resnet34"
+    device: str = "auto"
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class DownstreamTiles:
+    """The real tiles split into training and held-out ones, and the synthetic tiles that may be trained on."""
+
+    train_real: list[Tile]
+    held_out: list[Tile]
+    synthetic: list[Tile]
 
 
 # ---------------------------------------------------------------------------------------------- tiled folders
@@ -77,97 +106,6 @@ def read_tile(image_path: Path, mask_path: Path | None, instance_path: Path | No
 def read_tiled_folder(folder: str | os.PathLike) -> list[Tile]:
     """All tiles of `folder` (images/ with labels/ or bin_masks/ and/or inst_masks/), sorted by name."""
     return [read_tile(*paths) for paths in mask_tile_files(folder).values()]
-
-
-TileSource = Union[str, os.PathLike, Tile, tuple]
-
-
-def as_tiles(source: TileSource | Sequence[TileSource] | None, what: str = "tile") -> list[Tile]:
-    """Tiles from a tiled folder, Tile objects, (image, mask) or (image, mask, instances) arrays, or a list of them."""
-    if source is None:
-        return []
-    if isinstance(source, (str, os.PathLike)):
-        return read_tiled_folder(source)
-    if isinstance(source, Tile):
-        return [source]
-    if isinstance(source, tuple) and len(source) in (2, 3) and isinstance(source[0], np.ndarray):
-        return [_tile_from_arrays(source, f"{what}_0")]
-    tiles: list[Tile] = []
-    for index, item in enumerate(source):
-        if isinstance(item, tuple):
-            tiles.append(_tile_from_arrays(item, f"{what}_{index}"))
-        else:
-            tiles.extend(as_tiles(item, what))
-    return tiles
-
-
-def _tile_from_arrays(arrays: tuple, name: str) -> Tile:
-    if len(arrays) not in (2, 3):
-        raise ValueError(f"{name}: expected (image, mask) or (image, mask, instances), got {len(arrays)} arrays")
-    image, mask = np.asarray(arrays[0]), np.asarray(arrays[1])
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{name}: image must be an H x W x 3 uint8 array, got {image.dtype} {image.shape}")
-    if mask.shape != image.shape[:2]:
-        raise ValueError(f"{name}: mask shape {mask.shape} does not match image shape {image.shape[:2]}")
-    mask = mask > 0
-    instances = np.asarray(arrays[2]).astype(np.int32) if len(arrays) == 3 else label(mask, connectivity=1).astype(np.int32)
-    if instances.shape != mask.shape:
-        raise ValueError(f"{name}: instance shape {instances.shape} does not match image shape {image.shape[:2]}")
-    return Tile(name, image, mask, instances)
-
-
-# ---------------------------------------------------------------------------------------------- network
-
-
-def _conv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class SegNet(nn.Module):
-    """A plain UNet: `depth` max-pool levels of two conv-BN-ReLU, transposed-conv up, skips, one logit per pixel."""
-
-    def __init__(self, in_channels: int = 3, base: int = 16, depth: int = 3) -> None:
-        super().__init__()
-        for name, value in (("in_channels", in_channels), ("base", base)):
-            if value < 1:
-                raise ValueError(f"SegNet {name} must be at least 1, got {value}")
-        if depth < 0:
-            raise ValueError(f"SegNet depth must be non-negative, got {depth}")
-        widths = [base * 2**level for level in range(depth + 1)]
-        self.depth = depth
-        self.encoder = nn.ModuleList([_conv_block(in_channels, widths[0])] + [_conv_block(widths[i - 1], widths[i]) for i in range(1, depth + 1)])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(depth)])
-        self.decoder = nn.ModuleList([_conv_block(2 * widths[i], widths[i]) for i in range(depth)])
-        self.head = nn.Conv2d(widths[0], 1, 1)
-        self.config = {"in_channels": in_channels, "base": base, "depth": depth}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) in [-1, 1] -> (N, 1, H, W) logits; any H, W (padded to a multiple of 2**depth inside)."""
-        height, width = x.shape[-2:]
-        multiple = 2**self.depth
-        pad_h, pad_w = -height % multiple, -width % multiple
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        skips = []
-        for level, block in enumerate(self.encoder):
-            x = block(F.max_pool2d(x, 2) if level else x)
-            skips.append(x)
-        x = skips.pop()
-        for level in reversed(range(self.depth)):
-            x = self.decoder[level](torch.cat([skips.pop(), self.up[level](x)], dim=1))
-        return self.head(x)[..., :height, :width]
-
-
-def image_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(np.array(images, copy=True)).float().movedim(-1, -3) / 127.5 - 1.0
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -225,127 +163,74 @@ def object_f1(pred_bin: np.ndarray, true_inst: np.ndarray, iou: float = 0.5) -> 
 # ---------------------------------------------------------------------------------------------- training
 
 
-class MixedBatchSampler:
-    """Which tiles make up a batch: floor(rB) or ceil(rB) synthetic tiles (expected share exactly r), rest real."""
-
-    def __init__(self, n_real: int, n_synthetic: int, ratio: float, batch_size: int, rng: np.random.Generator) -> None:
-        if not 0 <= ratio <= 1:
-            raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if ratio > 0 and n_synthetic == 0:
-            raise ValueError(f"ratio {ratio} needs synthetic tiles, but none were given")
-        if ratio < 1 and n_real == 0:
-            raise ValueError(f"ratio {ratio} needs real tiles, but none were given")
-        self.n_real, self.n_synthetic, self.ratio, self.batch_size, self.rng = n_real, n_synthetic, ratio, batch_size, rng
-
-    def draw(self) -> list[tuple[str, int]]:
-        """One batch as (source, index) pairs, source 'real' or 'synthetic', tiles drawn uniformly with replacement."""
-        n_synthetic = mixed_count(self.ratio, self.batch_size, self.rng)
-        synthetic = self.rng.integers(0, self.n_synthetic, n_synthetic) if n_synthetic else []
-        real = self.rng.integers(0, self.n_real, self.batch_size - n_synthetic) if n_synthetic < self.batch_size else []
-        return [("synthetic", int(i)) for i in synthetic] + [("real", int(i)) for i in real]
+def write_tile_pairs(tiles: Sequence[Tile], folder: Path) -> Path:
+    """`folder` as a seg_tiles folder: images/<name>.png and masks/<name>.png (class 1 = nucleus)."""
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for tile in tiles:
+        Image.fromarray(tile.image).save(folder / "images" / f"{tile.name}.png")
+        Image.fromarray(tile.mask.astype(np.uint8)).save(folder / "masks" / f"{tile.name}.png")
+    return folder
 
 
-def random_crop(tile: Tile, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A size x size crop of image and mask at a random place, under one of the 8 exact rotations/flips."""
-    height, width = tile.mask.shape
-    top, left = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
-    image = tile.image[top : top + size, left : left + size]
-    mask = tile.mask[top : top + size, left : left + size]
-    turns, flip = int(rng.integers(4)), bool(rng.integers(2))
-    image, mask = np.rot90(image, turns), np.rot90(mask, turns)
-    if flip:
-        image, mask = image[:, ::-1], mask[:, ::-1]
-    return image, mask
+def stage_tiles(tiles: DownstreamTiles, folder: Path) -> dict[str, Path]:
+    """Write the real training tiles and the usable synthetic tiles under `folder`; 'real' / 'synthetic' -> folder."""
+    staged = {"real": write_tile_pairs(tiles.train_real, folder / "real_train")}
+    if tiles.synthetic:
+        staged["synthetic"] = write_tile_pairs(tiles.synthetic, folder / "synthetic")
+    return staged
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Binary cross-entropy plus soft Dice loss (1 - soft Dice over the whole batch)."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    prob = torch.sigmoid(logits)
-    dice = (2 * (prob * target).sum() + eps) / (prob.sum() + target.sum() + eps)
-    return bce + 1 - dice
+def mixture(ratio: float, staged: dict[str, Path]) -> tuple[list[Path], list[float]]:
+    """The folders with a positive share of every batch at synthetic share `ratio`, and their shares."""
+    shares = (("real", 1.0 - ratio), ("synthetic", ratio))
+    used = [(staged[name], share) for name, share in shares if share > 0]
+    return [folder for folder, _ in used], [share for _, share in used]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    return device if isinstance(device, torch.device) else pick_device(device)
+def train_argv(folders: Sequence[Path], shares: Sequence[float], out_dir: Path, settings: TrainSettings) -> list[str]:
+    """train.py flags of one segmentation run on `folders` mixed at `shares` per batch, without validation."""
+    return [
+        "--model_type", "segmentation", "--dataset", "seg_tiles",
+        "--datasets", ",".join(str(f) for f in folders), "--ratios", ",".join(f"{s:.12g}" for s in shares),
+        "--val_fraction", "0", "--max_steps", str(settings.steps), "--batch_size", str(settings.batch_size),
+        "--learning_rate", str(settings.lr), "--seed", str(settings.seed), "--seg_encoder", settings.encoder,
+        "--device", settings.device, "--num_workers", str(settings.num_workers), "--out_dir", str(out_dir),
+    ]
 
 
-def train_segmentation(
-    real: TileSource | Sequence[TileSource] | None,
-    synthetic: TileSource | Sequence[TileSource] | None = None,
-    ratio: float = 0.0,
-    steps: int = 300,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    crop_size: int = 128,
-    base: int = 16,
-    depth: int = 3,
-) -> SegNet:
-    """Train a SegNet with BCE + soft Dice on random crops; `ratio` is the share of synthetic tiles per batch.
+def train_model(folders: Sequence[Path], shares: Sequence[float], out_dir: Path, settings: TrainSettings) -> Path:
+    """Train one segmentation run through train.py in this process; returns its last checkpoint."""
+    run_dir = train.run(train_argv(folders, shares, out_dir, settings))
+    return run_dir / "last.pt"
 
-    Crops are `crop_size` px, or the smallest tile side when a tile in use is smaller. The returned model is in
-    eval mode and carries `loss_history`, the loss of every step.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if crop_size < 1:
-        raise ValueError(f"crop_size must be at least 1, got {crop_size}")
-    pools = {"real": as_tiles(real, "real") if ratio < 1 else [], "synthetic": as_tiles(synthetic, "synthetic") if ratio > 0 else []}
-    rng = np.random.default_rng(seed)
-    sampler = MixedBatchSampler(len(pools["real"]), len(pools["synthetic"]), ratio, batch_size, rng)
-    crop = min([crop_size] + [min(t.mask.shape) for pool in pools.values() for t in pool])
-    device = _resolve_device(device)
-    torch.manual_seed(seed)
-    model = SegNet(base=base, depth=depth).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    losses: list[float] = []
-    bar = tqdm(range(steps), desc=f"segmentation r={ratio:g}", disable=not progress, dynamic_ncols=True, leave=False)
-    for _ in bar:
-        crops = [random_crop(pools[source][index], crop, rng) for source, index in sampler.draw()]
-        images = image_to_tensor(np.stack([image for image, _ in crops])).to(device)
-        masks = torch.from_numpy(np.stack([mask for _, mask in crops])).float().unsqueeze(1).to(device)
-        loss = segmentation_loss(model(images), masks)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    model.eval()
-    model.loss_history = losses
-    return model
+
+# ---------------------------------------------------------------------------------------------- scoring
 
 
 @torch.no_grad()
-def predict_mask(model: SegNet, image: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """H x W bool nucleus mask of one H x W x 3 uint8 image (sigmoid > threshold)."""
-    device = next(model.parameters()).device
-    logits = model(image_to_tensor(image)[None].to(device))
-    return (torch.sigmoid(logits)[0, 0] > threshold).cpu().numpy()
+def predict_mask(model: nn.Module, image: np.ndarray) -> np.ndarray:
+    """H x W bool nucleus mask (argmax class > 0) of one H x W x 3 uint8 image, padded to a multiple of 32 px inside."""
+    height, width = image.shape[:2]
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0
+    pad_h, pad_w = -height % UNET_MULTIPLE, -width % UNET_MULTIPLE
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    logits = model(x.to(next(model.parameters()).device))
+    return (logits.argmax(1)[0, :height, :width] > 0).cpu().numpy()
 
 
-def evaluate_segmentation(model: SegNet, held_out: TileSource | Sequence[TileSource], threshold: float = 0.5) -> dict[str, float]:
-    """Dice, object F1, precision and recall of the model on each held-out tile, averaged over tiles."""
-    tiles = as_tiles(held_out, "held_out")
-    if not tiles:
-        raise ValueError("evaluate_segmentation: no held-out tiles")
-    was_training = model.training
-    model.eval()
+def score_checkpoint(checkpoint: Path, held_out: Sequence[Tile], device: torch.device, progress: bool = True) -> dict[str, float]:
+    """Dice, object F1, precision and recall of a segmentation checkpoint on each held-out tile, averaged over tiles."""
+    if not held_out:
+        raise ValueError("score_checkpoint: no held-out tiles")
+    model = load_checkpoint(checkpoint, device).model
     scores = []
-    for tile in tiles:
-        pred = predict_mask(model, tile.image, threshold)
-        f1, precision, recall = object_f1(pred, tile.instances)
-        scores.append((dice_score(pred, tile.mask), f1, precision, recall))
-    model.train(was_training)
+    for tile in tqdm(held_out, desc=f"score {checkpoint.parent.name}", disable=not progress, dynamic_ncols=True, leave=False):
+        pred = predict_mask(model, tile.image)
+        scores.append((dice_score(pred, tile.mask), *object_f1(pred, tile.instances)))
     mean = np.mean(scores, axis=0)
-    return {"dice": float(mean[0]), "f1": float(mean[1]), "precision": float(mean[2]), "recall": float(mean[3])}
+    return {name: float(value) for name, value in zip(RESULT_COLUMNS[3:], mean)}
 
 
 # ---------------------------------------------------------------------------------------------- downstream run
@@ -407,30 +292,37 @@ def plot_downstream(rows: Sequence[dict], path: Path) -> None:
         plt.close(fig)
 
 
-def run_downstream(
-    real_dir: str | os.PathLike,
-    synthetic_dirs: Sequence[str | os.PathLike],
-    ratios: Sequence[float],
-    held_out_fraction: float = 0.3,
-    steps: int = 300,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    seed: int = 0,
-    out_csv: str | os.PathLike = "results/downstream.csv",
-    device: str | torch.device = "auto",
-    crop_size: int = 128,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> list[dict]:
-    """Train one SegNet per ratio (same seed) on the real training split plus synthetic tiles; score held-out real tiles.
+def read_synthetic(folders: Sequence[str | os.PathLike]) -> list[Tile]:
+    """The tiles of every synthetic folder; DataError when two folders hold a tile of the same name."""
+    seen: dict[str, str] = {}
+    tiles = []
+    for folder in folders:
+        for tile in read_tiled_folder(folder):
+            if tile.name in seen:
+                raise DataError(f"{folder}: tile {tile.name} is also in {seen[tile.name]}; synthetic tiles need distinct names")
+            seen[tile.name] = str(folder)
+            tiles.append(tile)
+    return tiles
 
-    Real tiles are split by source image (`split_by_name`); synthetic tiles made from held-out layouts are left out
-    (`comes_from`). Writes `out_csv` (one row per ratio) and a bar plot with the same name and a .png suffix.
-    """
-    out = Path(out_csv)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it")
-    ratios = list(ratios)
+
+def split_tiles(real_dir: str | os.PathLike, synthetic_dirs: Sequence[str | os.PathLike], held_out_fraction: float, seed: int) -> DownstreamTiles:
+    """Real tiles split by source image (`split_by_name`); synthetic tiles made from held-out layouts left out (`comes_from`)."""
+    real = read_tiled_folder(real_dir)
+    try:
+        train_names, held_names = split_by_name([t.name for t in real], held_out_fraction, seed)
+    except ValueError as err:
+        raise ConfigError(f"--real {real_dir}: {err}") from None
+    held = set(held_names)
+    held_sources = {source_of(n) for n in held_names} - {source_of(n) for n in train_names}
+    synthetic_all = read_synthetic(synthetic_dirs)
+    synthetic = [t for t in synthetic_all if not comes_from(t.name, held, held_sources)]
+    if len(synthetic) < len(synthetic_all):
+        print(f"left out {len(synthetic_all) - len(synthetic)} synthetic tiles whose layouts come from held-out real tiles")
+    return DownstreamTiles([t for t in real if t.name not in held], [t for t in real if t.name in held], synthetic)
+
+
+def check_ratios(ratios: Sequence[float], held_out_fraction: float, synthetic_dirs: Sequence[str | os.PathLike]) -> None:
+    """ConfigError unless there is at least one ratio, all in [0, 1], and synthetic folders when one is above 0."""
     if not ratios:
         raise ConfigError("--ratios: expected at least one ratio")
     bad = [r for r in ratios if not 0 <= r <= 1]
@@ -440,32 +332,62 @@ def run_downstream(
         raise ConfigError(f"--held_out must be in (0, 1), got {held_out_fraction}")
     if any(r > 0 for r in ratios) and not synthetic_dirs:
         raise ConfigError("--synthetic: ratios above 0 need at least one folder of synthetic tiles")
-    device = _resolve_device(device)
-    real = read_tiled_folder(real_dir)
-    try:
-        train_names, held_names = split_by_name([t.name for t in real], held_out_fraction, seed)
-    except ValueError as err:
-        raise ConfigError(f"--real {real_dir}: {err}") from None
-    held = set(held_names)
-    train_real = [t for t in real if t.name not in held]
-    held_out = [t for t in real if t.name in held]
-    held_sources = {source_of(n) for n in held_names} - {source_of(n) for n in train_names}
-    synthetic_all = [tile for folder in synthetic_dirs for tile in read_tiled_folder(folder)]
-    synthetic = [t for t in synthetic_all if not comes_from(t.name, held, held_sources)]
-    if len(synthetic) < len(synthetic_all):
-        print(f"left out {len(synthetic_all) - len(synthetic)} synthetic tiles whose layouts come from held-out real tiles")
-    if any(r > 0 for r in ratios) and not synthetic:
+
+
+def runs_folder(out: Path) -> Path:
+    """Where the staged tiles and the training runs of results `out` go: <out stem>_runs/ beside it."""
+    return out.with_name(f"{out.stem}_runs")
+
+
+def prepare_outputs(out: Path, overwrite: bool) -> Path:
+    """ConfigError when the results or their runs folder exist without `overwrite`; an empty runs folder otherwise."""
+    runs = runs_folder(out)
+    for path in (out, runs):
+        if path.exists() and not overwrite:
+            raise ConfigError(f"--out: {path} already exists; pass --overwrite to replace it")
+    if runs.exists():
+        shutil.rmtree(runs)
+    runs.mkdir(parents=True)
+    return runs
+
+
+def run_downstream(
+    real_dir: str | os.PathLike,
+    synthetic_dirs: Sequence[str | os.PathLike],
+    ratios: Sequence[float],
+    held_out_fraction: float = 0.3,
+    settings: TrainSettings = TrainSettings(),
+    out_csv: str | os.PathLike = "results/downstream.csv",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Train one segmentation run per ratio (same seed) on the real training split plus synthetic tiles; score held-out real tiles.
+
+    Writes `out_csv` (one row per ratio), a bar plot with the same name and a .png suffix, and the staged tiles and
+    run folders under <out stem>_runs/ (tiles/, ratio_<r>/segmentation_seg_tiles/).
+    """
+    out, ratios = Path(out_csv), list(ratios)
+    check_ratios(ratios, held_out_fraction, synthetic_dirs)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out: {out} already exists; pass --overwrite to replace it")
+    tiles = split_tiles(real_dir, synthetic_dirs, held_out_fraction, settings.seed)
+    if any(r > 0 for r in ratios) and not tiles.synthetic:
         raise ConfigError("--synthetic: no synthetic tiles are left once those made from held-out layouts are left out")
-    print(f"real tiles: {len(train_real)} for training, {len(held_out)} held out; synthetic tiles: {len(synthetic)}")
+    print(f"real tiles: {len(tiles.train_real)} for training, {len(tiles.held_out)} held out; synthetic tiles: {len(tiles.synthetic)}")
+    runs = prepare_outputs(out, overwrite)
+    staged = stage_tiles(tiles, runs / "tiles")
+    device = pick_device(settings.device)
     rows = []
     for ratio in ratios:
-        model = train_segmentation(train_real, synthetic, ratio, steps, batch_size, lr, seed, device, progress, crop_size)
-        metrics = evaluate_segmentation(model, held_out)
-        rows.append({"ratio": ratio, "n_real": len(train_real) if ratio < 1 else 0, "n_synthetic": len(synthetic) if ratio > 0 else 0, **metrics})
+        folders, shares = mixture(ratio, staged)
+        checkpoint = train_model(folders, shares, runs / f"ratio_{ratio:g}", settings)
+        metrics = score_checkpoint(checkpoint, tiles.held_out, device, progress)
+        counts = {"n_real": len(tiles.train_real) if ratio < 1 else 0, "n_synthetic": len(tiles.synthetic) if ratio > 0 else 0}
+        rows.append({"ratio": ratio, **counts, **metrics})
     print(format_table(rows))
     write_csv_atomic(out, RESULT_COLUMNS, rows)
     plot_downstream(rows, out.with_suffix(".png"))
-    print(f"results: {out}, plot: {out.with_suffix('.png')}")
+    print(f"results: {out}, plot: {out.with_suffix('.png')}, runs: {runs}")
     return rows
 
 
@@ -478,36 +400,38 @@ def parse_ratios(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a nucleus segmenter on real plus synthetic tiles and score it on held-out real tiles.")
+    """The command-line flags of the downstream check."""
+    p = argparse.ArgumentParser(description="Train the segmentation model on real plus synthetic tiles and score it on held-out real tiles.")
     p.add_argument("--real", required=True, help="tiled folder of real tiles (images/, bin_masks/ or labels/, inst_masks/)")
     p.add_argument("--synthetic", nargs="+", default=[], help="tiled folders of generated tiles (labels/ or bin_masks/)")
     p.add_argument("--ratios", default="0,0.5", help="shares of synthetic tiles per batch, one model each (default 0,0.5)")
     p.add_argument("--steps", type=int, default=300, help="training steps per model (default 300)")
     p.add_argument("--batch_size", type=int, default=8, help="batch size (default 8)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, the crops and the weights (default 0)")
-    p.add_argument("--held_out", type=float, default=0.3, help="share of real tiles held out for scoring (default 0.3)")
-    p.add_argument("--crop_size", type=int, default=128, help="training crop size in px (default 128)")
-    p.add_argument("--out", default="results/downstream.csv", help="results CSV; the plot goes next to it (.png)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the batches and the weights (default 0)")
+    p.add_argument("--held_out", type=float, default=0.3, help="share of real source images held out for scoring (default 0.3)")
+    p.add_argument("--seg_encoder", default="resnet34", help="segmentation_models_pytorch encoder of the UNet (default resnet34)")
+    p.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes of each run (default 2)")
+    p.add_argument("--out", default="results/downstream.csv", help="results CSV; the plot goes next to it (.png), the runs into <stem>_runs/")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file and its runs folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return p
 
 
 def run(argv: Sequence[str] | None = None) -> list[dict]:
+    """Parse the flags and run the downstream check."""
     args = build_parser().parse_args(argv)
-    for name, value in (("steps", args.steps), ("batch_size", args.batch_size), ("crop_size", args.crop_size)):
-        if value < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {value}")
+    for name, value, least in (("steps", args.steps, 1), ("batch_size", args.batch_size, 1), ("num_workers", args.num_workers, 0)):
+        if value < least:
+            raise ConfigError(f"--{name} must be at least {least}, got {value}")
     if args.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {args.lr}")
-    return run_downstream(
-        args.real, args.synthetic, parse_ratios(args.ratios), args.held_out, args.steps, args.batch_size, args.lr,
-        args.seed, args.out, args.device, args.crop_size, args.overwrite,
-    )
+    settings = TrainSettings(args.steps, args.batch_size, args.lr, args.seed, args.seg_encoder, args.device, args.num_workers)
+    return run_downstream(args.real, args.synthetic, parse_ratios(args.ratios), args.held_out, settings, args.out, args.overwrite)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the check; 2 with a message on bad input."""
     return run_main(run, argv)
 
 
