@@ -1,6 +1,10 @@
-"""Metrics over real vs generated images: SSIM, MS-SSIM, LPIPS, FID/KID, precision/recall, NLL, controllability.
+"""Metrics over real vs generated images: SSIM, MS-SSIM, LPIPS, FID/KID, precision/recall, NLL, controllability, style distance.
 
 python -m tools.evaluate --real data/real_tiles --fake outputs/generated --metrics ssim,ms_ssim,fid,kid,pr --out results/eval.json
+python -m tools.evaluate --fake runs/demo/stedm_samples --metrics style_distance --out runs/demo/stedm_samples/style.json
+
+style_distance needs only --fake, a STEDM output folder with samples.csv (see metrics/style_distance.py); it also
+writes style_distance.csv (per tile) and style_distance.png (scatter) beside --out.
 """
 from __future__ import annotations
 
@@ -23,14 +27,19 @@ from tools.evaluation import (
     lpips_network,
     nll_bits_per_dim,
     structural_metrics,
+    style_distance,
+    style_outputs,
+    write_style_outputs,
 )
 from common.runtime import pick_device
+
+NO_IMAGE_SET_METRICS = {"nll", "controllability", "style_distance"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--real", help="folder of real images (recursive) or a .npy tile stack")
-    p.add_argument("--fake", help="folder of generated images (recursive) or a .npy tile stack")
+    p.add_argument("--fake", help="folder of generated images (recursive) or a .npy tile stack; for style_distance a STEDM output folder with samples.csv")
     p.add_argument("--metrics", default="ssim,ms_ssim,fid,kid,pr", help=f"comma-separated, from {', '.join(METRICS)} (default ssim,ms_ssim,fid,kid,pr)")
     p.add_argument("--out", required=True, help="results JSON; a CSV with the same numbers is written beside it")
     p.add_argument("--paired", choices=("auto", "yes", "no"), default="auto", help="pair SSIM/MS-SSIM/LPIPS by file name (auto: when every fake name has a real twin)")
@@ -57,7 +66,7 @@ def check(args: argparse.Namespace, metrics: list[str]) -> None:
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ConfigError(f"--metrics: unknown {unknown}; choose from {', '.join(METRICS)}")
-    image_metrics = set(metrics) - {"nll", "controllability"}
+    image_metrics = set(metrics) - NO_IMAGE_SET_METRICS
     if image_metrics and not (args.real and args.fake):
         raise ConfigError(f"--metrics {','.join(sorted(image_metrics))} need --real and --fake")
     if "lpips" in metrics and not args.lpips_weights:
@@ -66,6 +75,8 @@ def check(args: argparse.Namespace, metrics: list[str]) -> None:
         raise ConfigError("--metrics nll needs --nll_ckpt and --real")
     if "controllability" in metrics and not (args.targets and args.classifier_ckpts):
         raise ConfigError("--metrics controllability needs --targets CSV and --classifier_ckpts")
+    if "style_distance" in metrics:
+        check_style(args)
     sizes = {"pairs": args.pairs, "batch_size": args.batch_size, "nll_images": args.nll_images,
              "image_size": args.image_size, "limit": args.limit}
     for name, value in sizes.items():
@@ -76,6 +87,18 @@ def check(args: argparse.Namespace, metrics: list[str]) -> None:
         raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it")
 
 
+def check_style(args: argparse.Namespace) -> None:
+    """style_distance needs --fake, and its per-tile CSV and plot must not collide with or silently replace files."""
+    if not args.fake:
+        raise ConfigError("--metrics style_distance needs --fake (a STEDM output folder with samples.csv)")
+    out = Path(args.out)
+    if out.with_suffix(".csv") in style_outputs(out):
+        raise ConfigError(f"--out {out}: its results CSV would overwrite the per-tile {out.with_suffix('.csv').name}; choose another name")
+    existing = [str(p) for p in style_outputs(out) if p.exists()]
+    if existing and not args.overwrite:
+        raise ConfigError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     metrics = str_list(args.metrics)
@@ -83,7 +106,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = pick_device(args.device)
     results: dict[str, Any] = {"metrics": metrics}
     real = load_images(args.real, args.image_size, args.limit, "--real") if args.real else None
-    fake = load_images(args.fake, args.image_size, args.limit, "--fake") if args.fake else None
+    needs_fake = bool(args.fake and set(metrics) - NO_IMAGE_SET_METRICS)
+    fake = load_images(args.fake, args.image_size, args.limit, "--fake") if needs_fake else None
     if real is not None and fake is not None:
         results.update(real=real.source, fake=fake.source, n_real=len(real.names), n_fake=len(fake.names))
         if real.images.shape[-1] != fake.images.shape[-1]:
@@ -101,7 +125,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results.update(nll_bits_per_dim(args.nll_ckpt, real, args.nll_images, args.batch_size, device))
     if "controllability" in metrics:
         results.update(controllability(args.targets, args.classifier_ckpts, args.batch_size, device))
+    style_rows = None
+    if "style_distance" in metrics:
+        values, style_rows = style_distance(args.fake, args.limit)
+        results.setdefault("fake", args.fake)
+        results.update(values)
     out = Path(args.out)
+    if style_rows is not None:
+        write_style_outputs(style_rows, out)
     write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     flat = {k: (",".join(v) if isinstance(v, list) else v) for k, v in results.items()}
     write_csv_atomic(out.with_suffix(".csv"), list(flat), [flat])
@@ -109,7 +140,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for key, value in results.items():
         shown = f"{value:.4f}" if isinstance(value, float) else value
         print(f"{key:<{width}}  {shown}")
-    print(f"results: {out}, {out.with_suffix('.csv')}")
+    extra = "".join(f", {p}" for p in style_outputs(out)) if style_rows is not None else ""
+    print(f"results: {out}, {out.with_suffix('.csv')}{extra}")
     return results
 
 

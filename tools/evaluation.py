@@ -1,4 +1,7 @@
-"""Metrics of generated against real images: loading image sets, pairing them, and each metric's computation."""
+"""Metrics of generated against real images: loading image sets, pairing them, and each metric's computation.
+
+Also the colour-based style distance of STEDM output folders (see metrics/style_distance.py), which needs no real set.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from common.errors import CheckpointError, ConfigError, DataError
-from common.files import read_csv_rows
+from common.files import read_csv_rows, save_figure_atomic, write_csv_atomic
 from data.npy_stack import TileStack
 from diffusion.lpips import LPIPS
 from metrics.distribution import fid, kid, precision_recall
@@ -24,11 +27,15 @@ from metrics.features import (
     extract,
 )
 from metrics.structural import ms_ssim, paired_scores, ssim, unpaired_scores
+from metrics.style_distance import StyleRow, read_style_distances, summarize
 from model import load_checkpoint, load_ensemble
 from recipes.transitions import spearman
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-METRICS = ("ssim", "ms_ssim", "lpips", "fid", "kid", "pr", "nll", "controllability")
+METRICS = ("ssim", "ms_ssim", "lpips", "fid", "kid", "pr", "nll", "controllability", "style_distance")
+STYLE_CSV = "style_distance.csv"
+STYLE_PLOT = "style_distance.png"
+STYLE_COLUMNS = ("file", "layout_unit", "style_units", "d_style", "d_layout", "same_source")
 
 
 @dataclass
@@ -184,3 +191,55 @@ def _condition(text: str, path: Path, line: int) -> float:
         return float(text)
     except (TypeError, ValueError):
         raise DataError(f"--targets {path}, line {line}: condition {text!r} is not a number") from None
+
+
+def style_distance(folder: str, limit: int | None) -> tuple[dict[str, Any], list[StyleRow]]:
+    """Summary numbers and per-tile rows of the style distance of a STEDM output folder."""
+    rows = read_style_distances(folder, limit)
+    return summarize(rows), rows
+
+
+def style_outputs(out: Path) -> tuple[Path, Path]:
+    """The per-tile CSV and the scatter plot written beside the results JSON `out`."""
+    return out.parent / STYLE_CSV, out.parent / STYLE_PLOT
+
+
+def write_style_outputs(rows: Sequence[StyleRow], out: Path) -> None:
+    """Write the per-tile CSV and the d_layout-against-d_style scatter plot beside `out`."""
+    csv_path, plot_path = style_outputs(out)
+    write_csv_atomic(csv_path, STYLE_COLUMNS, [_style_record(r) for r in rows])
+    style_scatter(rows, plot_path)
+
+
+def _style_record(row: StyleRow) -> dict[str, Any]:
+    """One row of the per-tile CSV (d_layout empty where the tile has no layout patch)."""
+    return {"file": row.file, "layout_unit": row.layout_unit, "style_units": ";".join(row.style_units),
+            "d_style": f"{row.d_style:.4f}", "d_layout": "" if row.d_layout is None else f"{row.d_layout:.4f}",
+            "same_source": int(row.same_source)}
+
+
+def style_scatter(rows: Sequence[StyleRow], path: Path) -> None:
+    """Scatter of d_style against d_layout per tile with the diagonal; points below it are closer to their style."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5.8), dpi=120)
+    layout = [r for r in rows if r.d_layout is not None]
+    for same, label, colour in ((False, "style from another unit", "C0"), (True, "same-source (excluded)", "0.6")):
+        chosen = [r for r in layout if r.same_source == same]
+        ax.scatter([r.d_layout for r in chosen], [r.d_style for r in chosen], s=12, color=colour, label=f"{label} ({len(chosen)})")
+    top = max([1.0] + [max(r.d_style, r.d_layout) for r in layout]) * 1.05
+    ax.plot([0, top], [0, top], linestyle="--", color="0.4", linewidth=0.8, label="d_style = d_layout (below: closer to style)")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("d_layout: ΔE76 to the real layout patch")
+    ax.set_ylabel("d_style: ΔE76 to the style crops")
+    ax.set_title("STEDM style adherence (mean CIELAB per tile)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
+    fig.tight_layout()
+    try:
+        save_figure_atomic(fig, path)
+    finally:
+        plt.close(fig)

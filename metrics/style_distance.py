@@ -1,0 +1,142 @@
+"""Style adherence of style-extracting diffusion (STEDM) output: colour distance of each tile to its style crops.
+
+Convention: colours are CIELAB from `skimage.color.rgb2lab` applied to the 8-bit RGB image divided by 255
+(sRGB, illuminant D65, 2-degree observer, skimage's defaults). A set of images is summarised by its mean
+L*a*b*: the mean over all of its pixels of the per-pixel L*a*b* values (not the L*a*b* of the mean RGB), with
+every pixel of every image in the set weighted equally. Distances are CIE76 Delta E: the Euclidean distance
+between two mean L*a*b* colours.
+
+Per generated tile (one row of the generator's samples.csv):
+  d_style  = Delta E between the tile's mean L*a*b* and the mean L*a*b* of all pixels of its style crops;
+  d_layout = Delta E between the tile's mean L*a*b* and that of the real patch its layout came from
+             (undefined when the row has no layout file).
+A tile whose style units all equal its layout unit is "same-source": its style and layout share a slide, so
+nothing tells which one it follows, and it is left out of `closer_to_style`.
+
+Summary: `style_distance` is the mean d_style over all tiles, `layout_distance` the mean d_layout over tiles with
+a layout file, `closer_to_style` the share of cross-source tiles with a layout file whose d_style < d_layout
+(strictly; None when there are none), `style_rows` the number of tiles; `layout_rows` and `cross_source_rows`
+count the tiles behind `layout_distance` and `closer_to_style`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+from skimage.color import rgb2lab
+
+from common.errors import DataError
+from common.files import read_csv_rows
+
+SAMPLES_CSV = "samples.csv"
+COLUMNS = ("file", "layout_unit", "style_units", "style_files", "layout_file")
+
+
+@dataclass(frozen=True)
+class StyleRow:
+    """The distances of one generated tile to its style crops and to its real layout patch."""
+
+    file: str
+    layout_unit: str
+    style_units: tuple[str, ...]
+    d_style: float
+    d_layout: float | None
+
+    @property
+    def same_source(self) -> bool:
+        """True when every style crop comes from the layout's own unit."""
+        return is_same_source(self.layout_unit, self.style_units)
+
+
+def lab_sum(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """Sum of the per-pixel L*a*b* values of an (H, W, 3) uint8 RGB image, and its pixel count."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
+    lab = rgb2lab(image.astype(np.float64) / 255.0).reshape(-1, 3)
+    return lab.sum(axis=0), len(lab)
+
+
+def mean_lab(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean L*a*b* over all pixels of all images (each pixel weighted equally)."""
+    if not images:
+        raise ValueError("mean_lab needs at least one image")
+    sums, counts = zip(*(lab_sum(image) for image in images))
+    return np.sum(sums, axis=0) / sum(counts)
+
+
+def delta_e(a: np.ndarray, b: np.ndarray) -> float:
+    """CIE76 Delta E: Euclidean distance between two L*a*b* colours."""
+    return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
+
+
+def is_same_source(layout_unit: str, style_units: Sequence[str]) -> bool:
+    """True when there are style units and all of them equal the layout unit."""
+    return bool(style_units) and all(unit == layout_unit for unit in style_units)
+
+
+def summarize(rows: Sequence[StyleRow]) -> dict[str, Any]:
+    """The summary numbers of the module docstring (None where no row defines them)."""
+    layout = [r for r in rows if r.d_layout is not None]
+    cross = [r for r in layout if not r.same_source]
+    return {
+        "style_distance": _mean([r.d_style for r in rows]),
+        "layout_distance": _mean([r.d_layout for r in layout]),
+        "closer_to_style": _mean([float(r.d_style < r.d_layout) for r in cross]),
+        "style_rows": len(rows),
+        "layout_rows": len(layout),
+        "cross_source_rows": len(cross),
+    }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    """Mean of the values, or None when there are none."""
+    return float(np.mean(values)) if values else None
+
+
+def split_list(text: str | None) -> list[str]:
+    """The non-empty items of a ';'-joined CSV cell."""
+    return [item.strip() for item in (text or "").split(";") if item.strip()]
+
+
+def read_rgb(path: Path, where: str) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB; a missing or unreadable file is a DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{where}: {path} does not exist (expected an RGB image listed in {SAMPLES_CSV})")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except OSError as err:
+        raise DataError(f"{where}: {path} is not a readable image ({err})") from None
+
+
+def score_row(folder: Path, row: dict[str, str], where: str) -> StyleRow:
+    """Distances of one samples.csv row's tile to its style crops and layout patch."""
+    style_files, style_units = split_list(row["style_files"]), split_list(row["style_units"])
+    if not style_files:
+        raise DataError(f"{where}: style_files is empty (expected ';'-joined file names of the style crops)")
+    if len(style_units) != len(style_files):
+        raise DataError(f"{where}: {len(style_units)} style_units for {len(style_files)} style_files (expected one unit per crop)")
+    if not (row["file"] or "").strip():
+        raise DataError(f"{where}: file is empty (expected the generated tile, e.g. img_00000.png)")
+    tile = mean_lab([read_rgb(folder / row["file"].strip(), where)])
+    style = mean_lab([read_rgb(folder / name, where) for name in style_files])
+    layout_file = (row["layout_file"] or "").strip()
+    d_layout = delta_e(tile, mean_lab([read_rgb(folder / layout_file, where)])) if layout_file else None
+    return StyleRow(row["file"].strip(), (row["layout_unit"] or "").strip(), tuple(style_units), delta_e(tile, style), d_layout)
+
+
+def read_style_distances(folder: str | Path, limit: int | None = None, flag: str = "--fake") -> list[StyleRow]:
+    """Score the first `limit` (default all) rows of a STEDM output folder's samples.csv."""
+    folder = Path(folder)
+    csv_path = folder / SAMPLES_CSV
+    if not folder.is_dir() or not csv_path.is_file():
+        raise DataError(f"{flag} {folder}: no {SAMPLES_CSV}; expected a STEDM output folder whose {SAMPLES_CSV} has "
+                        f"the columns {','.join(COLUMNS)}")
+    rows = read_csv_rows(csv_path, COLUMNS, flag)
+    if not rows:
+        raise DataError(f"{flag} {csv_path}: no rows (expected one row per generated tile)")
+    rows = rows[:limit] if limit else rows
+    return [score_row(folder, row, f"{csv_path}, line {line}") for line, row in enumerate(rows, start=2)]
