@@ -2,14 +2,16 @@
 
 - a seeded hold-out of whole groups (tiles of one source image, or single ids) by fraction;
 - per group, the items above a quantile of a value (annotations in the bottom part of each slide for training);
-- a contiguous tail (the last tiles of a stack).
+- a contiguous tail (the last tiles of a stack);
+- a seeded pick of N labelled units per class (`--labelled_per_class`; the rest stay unlabelled).
 
 Every rule is deterministic: the same inputs and seed give the same split, and the returned lists keep the
 order of the input.
 """
 from __future__ import annotations
 
-from typing import Callable, Hashable, Iterable, Sequence, TypeVar
+import zlib
+from typing import Callable, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -83,3 +85,21 @@ def split_by_quantile(
 def tail_split(count: int, tail: int) -> tuple[range, range]:
     """(head, tail) of range(count): the last `tail` positions and all before them."""
     return range(0, count - tail), range(count - tail, count)
+
+
+def pick_labelled(classes: Mapping[str, str], per_class: int | None, seed: int) -> set[str]:
+    """The units (keys of `classes`, unit -> class) kept as labelled: `per_class` of each class, all when None.
+
+    Each class draws from its sorted units with a seeded permutation of its own (seed and the class name), so
+    adding a class leaves the picks of the others as they are; a class with fewer units keeps all of them.
+    """
+    if per_class is None:
+        return set(classes)
+    by_class: dict[str, list[str]] = {}
+    for unit in sorted(classes):
+        by_class.setdefault(classes[unit], []).append(unit)
+    kept: set[str] = set()
+    for name, units in by_class.items():
+        order = np.random.default_rng([seed, zlib.crc32(name.encode())]).permutation(len(units))
+        kept.update(units[i] for i in order[:max(per_class, 0)])
+    return kept
