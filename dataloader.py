@@ -49,7 +49,9 @@ from data.pcam import (
     kaggle_split,
     read_kaggle_labels,
 )
-from data.region_patches import RegionPatches, open_region_slides, tissue_positions
+from data.flowers import Flowers, open_flowers
+from data.tile_styles import TileStyles, mask_classes
+from data.region_patches import RegionPatches, RegionSlides, open_region_slides, open_wsi_regions, slide_classes, tissue_positions, with_labelled
 from data.sliderunner import read_sliderunner, sliderunner_summary
 from data.splits import share_of, tail_split
 from data.synthetic import generate_synthetic_dataset, synthetic_paths
@@ -77,15 +79,15 @@ DATA_OPTIONS: tuple[Option, ...] = (
     O("val_fraction", float, 0.2, "validation share: of each slide's annotations by y (y_percentile), of the layout images, or of a stack's training tiles", None, "patches"),
     O("augment", flag_bool, True, "random 90-degree rotations and flips", None, "patches"),
     # WSI data
-    O("slides_dir", str, None, "folder of whole-slide images (default: the data set's layout)", None, "wsi data"),
-    O("annotation_file", str, None, "SlideRunner .sqlite, MIDOG .json or meningioma folder", None, "wsi data"),
+    O("slides_dir", str, None, "folder of whole-slide images (default: the data set's layout)", None, "slides"),
+    O("annotation_file", str, None, "SlideRunner .sqlite (spots, or region polygons for --dataset regions), MIDOG .json or meningioma folder", None, "slides"),
+    O("split_file", str, None, "CSV with columns slide,split: train/val for --split slides, train/heldout for --dataset regions", None, "slides"),
     O("mitotic_classes", str_list, None, "class names counted as mitotic (comma-separated)", None, "wsi data"),
     O("negative_classes", str_list, None, "class names used as negatives (default: the data set's)", None, "wsi data"),
     O("tumor_types", str_list, None, "MIDOG: keep only these tumour types", None, "wsi data"),
     O("annotators", str_list, None, "SlideRunner: persons whose votes make the soft labels", None, "wsi data"),
     O("indeterminate", str, "negative", "meningioma: what INDET spots are", ("negative", "mitotic", "skip"), "wsi data"),
     O("split", str, None, "train/val split: slides (CSV) or y_percentile (default: slides when a split file exists)", ("slides", "y_percentile"), "wsi data"),
-    O("split_file", str, None, "CSV with columns slide,split for --split slides", None, "wsi data"),
     O("mite_ratio", float, 0.5, "fraction of mitotic patches in each training batch", None, "wsi data"),
     O("soft_vs_hard", str, "hard", "labels: hard (agreed class) or soft (share of mitotic votes)", ("soft", "hard"), "wsi data"),
     O("soft_mode", str, "binned", "soft labels binned to 0/0.5/1 or continuous", ("binned", "continuous"), "wsi data"),
@@ -114,6 +116,9 @@ DATA_OPTIONS: tuple[Option, ...] = (
     O("num_style_images", int, 2, "style reference crops per patch", None, "region data"),
     O("style_sampling", str, "multi_patch", "where style crops come from: near the patch on its slide, random tissue of its slide, strong affine transforms of the patch, or nowhere", STYLE_MODES, "region data"),
     O("patches_per_slide", int, 64, "seeded patch positions with tissue per training slide", None, "region data"),
+    O("level", int, None, "pyramid level the region slides are read at (default 0)", None, "region data"),
+    O("mpp", float, None, "read each region slide at the level whose microns per pixel are nearest this (instead of --level)", None, "region data"),
+    O("labelled_per_class", int, None, "keep the layouts of only N seeded training units per class (slides: the split file's class column; flowers: the species); the rest serve as styles only", None, "region data"),
     # clusters
     O("cluster_file", str, None, "cluster CSV: sdm trains on --cluster_id of tools.cluster's tiles; ldm takes every tile's cluster as its label", None, "clusters"),
 )
@@ -132,12 +137,21 @@ def check_data_options(config: dict[str, Any]) -> None:
         ("test_size", config["test_size"] >= 0, "non-negative"),
         ("num_style_images", config["num_style_images"] >= 0, "non-negative"),
         ("patches_per_slide", config["patches_per_slide"] >= 1, "at least 1"),
+        ("level", config["level"] is None or config["level"] >= 0, "non-negative"),
+        ("mpp", config["mpp"] is None or config["mpp"] > 0, "positive"),
+        ("labelled_per_class", config["labelled_per_class"] is None or config["labelled_per_class"] >= 1, "at least 1"),
     ]
     for name, ok, expected in checks:
         if not ok:
             raise ConfigError(f"--{name} must be {expected}, got {config[name]}")
     if config["split"] == "slides" and config["split_file"] is None and config["dataset"] != "synthetic":
         raise ConfigError("--split slides needs --split_file CSV (columns slide,split)")
+    if config["level"] is not None and config["mpp"] is not None:
+        raise ConfigError("--level and --mpp both choose the pyramid level: give one of them")
+    if config["dataset"] == "regions":
+        missing = [f"--{n}" for n in ("slides_dir", "annotation_file", "class_map") if not config[n]]
+        if missing:
+            raise ConfigError(f"--dataset regions needs {', '.join(missing)} (slides, their SlideRunner polygons, and class names to labels)")
     if config["cluster_id"] is not None and not config["cluster_file"]:
         raise ConfigError("--cluster_id needs --cluster_file")
     if config["dataset"] in SEGMENTATION_DATASETS:
@@ -451,13 +465,25 @@ def region_root(config: dict[str, Any]) -> Path:
     return root
 
 
+def open_regions(config: dict[str, Any]) -> RegionSlides:
+    """The region slides of the config: a set folder (synthetic_regions) or --slides_dir + --annotation_file,
+    read at --level / --mpp, with only --labelled_per_class training slides per class labelled."""
+    where = dict(level=config["level"], mpp=config["mpp"])
+    if config["dataset"] == "regions":
+        slides = open_wsi_regions(config["slides_dir"], config["annotation_file"], config["class_map"], config["split_file"], **where)
+    else:
+        slides = open_region_slides(region_root(config), config["class_map"] or REGIONS_CLASS_MAP, **where)
+    classes = slide_classes(config["split_file"]) if config["dataset"] == "regions" and config["split_file"] else None
+    return with_labelled(slides, config["labelled_per_class"], classes, config["seed"])
+
+
 def build_region_datasets(config: dict[str, Any]) -> Datasets:
-    """Patches of the training slides (slides.csv split "train"); validation is a seeded --val_fraction share of
-    those patches. Held-out slides are only style sources at generation."""
-    slides = open_region_slides(region_root(config), config["class_map"] or REGIONS_CLASS_MAP)
-    names = slides.names("train")
+    """Patches of the labelled training slides; validation is a seeded --val_fraction share of those patches.
+    Held-out (and unlabelled) slides are only style sources at generation."""
+    slides = open_regions(config)
+    names = slides.labelled_names()
     if not names:
-        raise DataError(f"{slides.root}: slides.csv names no slide with split 'train'")
+        raise DataError(f"{slides.root}: no training slide (split 'train') to take layouts from")
     size = config["tile_size"]
     positions = tissue_positions(slides, names, size, config["patches_per_slide"], config["seed"])
     order = np.random.default_rng([config["seed"], 11]).permutation(len(positions))
@@ -471,8 +497,41 @@ def build_region_datasets(config: dict[str, Any]) -> Datasets:
     return Datasets(train, val, size)
 
 
+def build_flower_datasets(config: dict[str, Any]) -> Datasets:
+    """Oxford-102 flowers: the labelled training images (--labelled_per_class per species); validation: the
+    validation split."""
+    flowers = open_flowers(config["data_root"] or Path("data") / config["dataset"])
+    common = dict(tile_size=config["tile_size"], num_style=config["num_style_images"], style_mode=config["style_sampling"], seed=config["seed"])
+    train = Flowers(flowers, "train", labelled_per_class=config["labelled_per_class"], augment=config["augment"], **common)
+    val = Flowers(flowers, "validation", **common) if flowers.names("validation") else None
+    return Datasets(train, val, config["tile_size"])
+
+
+def build_tile_style_datasets(config: dict[str, Any]) -> Datasets:
+    """A tile-pair folder as layouts with style references: whole slides held out for validation (their slides
+    are the held-out style units); classes K from the masks."""
+    folder = Path(config["data_root"] or Path("data") / config["dataset"])
+    pairs = list_pairs(folder)
+    size = tile_size_of(pairs)
+    if "tile_size" in config.get("explicit", ()) and config["tile_size"] != size:
+        raise DataError(f"--tile_size {config['tile_size']} differs from the tiles of {folder} ({size} px)")
+    classes = mask_classes(pairs)
+    train_pairs, val_pairs = split_pairs(pairs, config["val_fraction"], config["seed"])
+    if not train_pairs:
+        raise DataError(f"{folder}: --val_fraction {config['val_fraction']} leaves no training tiles")
+    heldout = {pair.slide for pair in val_pairs}
+    common = dict(num_style=config["num_style_images"], style_mode=config["style_sampling"], seed=config["seed"], heldout=heldout)
+    train = TileStyles(train_pairs, classes, labelled_per_class=config["labelled_per_class"], augment=config["augment"], **common)
+    val = TileStyles(val_pairs, classes, style_pairs=train_pairs, **common) if val_pairs else None
+    return Datasets(train, val, size)
+
+
 def build_datasets(config: dict[str, Any]) -> Datasets:
     """Training items and validation set of the config's data set."""
+    if config["dataset"] == "flowers102":
+        return build_flower_datasets(config)
+    if config["dataset"] == "tile_pairs":
+        return build_tile_style_datasets(config)
     if config["dataset"] in REGION_DATASETS:
         return build_region_datasets(config)
     if config["dataset"] in SEGMENTATION_DATASETS:

@@ -76,7 +76,7 @@ def _option_table() -> OptionTable:
     for model_type in MODEL_TYPES.values():
         for opt in model_type.recipe.options:
             options.setdefault(opt.name, opt)
-    order = ["run", "patches", "wsi data", "layout data", "tile data", "pcam data", "segmentation data", "region data", "clusters", "train"]
+    order = ["run", "patches", "slides", "wsi data", "layout data", "tile data", "pcam data", "segmentation data", "region data", "clusters", "train"]
     return OptionTable(sorted(options.values(), key=lambda o: order.index(o.group) if o.group in order else len(order)))
 
 

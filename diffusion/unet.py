@@ -66,6 +66,15 @@ def _condition_names(conditions: Sequence[str]) -> list[str]:
     return names
 
 
+def to_grid(layout: Tensor, height: int, width: int) -> Tensor:
+    """A B x K x fH x fW layout on the network's H x W grid (a latent grid): each f x f block averaged, so a one-hot
+    layout becomes its class shares; a size that is not an integer multiple stays as it is (and is rejected)."""
+    fh, fw = layout.shape[2] / height, layout.shape[3] / width
+    if fh != fw or fh != int(fh) or fh < 1:
+        return layout
+    return F.avg_pool2d(layout.float(), int(fh)).to(layout.dtype)
+
+
 class SemanticCondition(nn.Module):
     """The layout the network sees: cond["semantic"] with the dropped rows (forced by drop_cond, or drawn with
     drop_prob in training) replaced by the all-zero null map."""
@@ -88,9 +97,11 @@ class SemanticCondition(nn.Module):
             return x.new_zeros(batch, self.channels, height, width)
         seg = cond["semantic"]
         expected = (batch, self.channels, height, width)
+        if torch.is_tensor(seg) and seg.dim() == 4 and tuple(seg.shape[:2]) == expected[:2] and seg.shape[2:] != x.shape[2:]:
+            seg = to_grid(seg, height, width)
         if not torch.is_tensor(seg) or tuple(seg.shape) != expected:
             shape = tuple(seg.shape) if torch.is_tensor(seg) else type(seg).__name__
-            raise ValueError(f"cond['semantic'] must have shape {expected}, got {shape}")
+            raise ValueError(f"cond['semantic'] must have shape {expected} (or an integer multiple of its size), got {shape}")
         drop = forced
         if self.training and self.drop_prob > 0.0:
             drop = drop | (torch.rand(batch, device=x.device) < self.drop_prob)

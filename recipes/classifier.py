@@ -88,7 +88,7 @@ class Classifier(Recipe):
 
     summary = "torchvision ResNet with a one-logit head (BCE, soft targets); members of the scoring ensemble"
     demo_preset = "configs/demo_resnet.yaml"
-    option_groups = ("wsi data", "classifier")
+    option_groups = ("slides", "wsi data", "classifier")
     options = CLASSIFIER_OPTIONS
     datasets = WSI_DATASETS
     losses = ("bce",)

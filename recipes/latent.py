@@ -23,10 +23,12 @@ from recipes.latents import PAIRED_FLAG, TILE_FLAGS, render_tiles
 from recipes.tasks import DiffusionTask
 
 O = Option
-LDM_OPTIONS: tuple[Option, ...] = (
-    O("autoencoder_ckpt", str, None, "checkpoint of a trained vqvae or autoencoder_kl (required for ldm)", None, "ldm"),
+AUTOENCODER_OPTIONS: tuple[Option, ...] = (
+    O("autoencoder_ckpt", str, None, "checkpoint of a trained vqvae or autoencoder_kl: required for ldm; stedm diffuses its latents when given", None, "latent space"),
+    O("scale_batches", int, 20, "batches used to measure the latent scale factor (1 / std)", None, "latent space"),
+)
+LDM_OPTIONS: tuple[Option, ...] = AUTOENCODER_OPTIONS + (
     O("cache_latents", flag_bool, False, "encode the training tiles once and train on the cached latents (no augmentation)", None, "ldm"),
-    O("scale_batches", int, 20, "batches used to measure the latent scale factor (1 / std)", None, "ldm"),
     O("freeze_backbone", flag_bool, False, "fine-tuning: train only the condition (cluster) embedding", None, "ldm"),
 )
 
@@ -84,10 +86,31 @@ def load_autoencoder(path: str, device: torch.device) -> tuple[nn.Module, dict[s
     return network.to(device).eval(), state
 
 
+def latent_space(config: dict[str, Any], data: Any, autoencoder: nn.Module, ae_state: dict, device: torch.device) -> dict[str, Any]:
+    """The model-config entries of a latent model: the frozen autoencoder's config, the latent scale factor
+    (1 / std over --scale_batches training batches, measured here, once) and the pixel tile size."""
+    tile_size = ae_state["config"]["tile_size"]
+    if data.tile_size != tile_size:
+        raise ConfigError(f"--autoencoder_ckpt {config['autoencoder_ckpt']} was trained on {tile_size} px tiles; this run's tiles are {data.tile_size} px (give --tile_size {tile_size})")
+    loader = DataLoader(data.train_items, batch_size=config["batch_size"], shuffle=False)
+    images = (batch["image"] for _, batch in zip(range(config["scale_batches"]), loader))
+    scale = measure_scale_factor(autoencoder, images, device)
+    print(f"latent scale factor 1/std = {scale:.4f} (from {config['scale_batches']} batches)", file=sys.stderr)
+    return {"autoencoder": {"model_type": ae_state["model_type"], "model_config": ae_state["model_config"]},
+            "scale_factor": scale, "image_size": tile_size}
+
+
+def latent_network(unet: nn.Module, model_config: dict[str, Any]) -> LatentDiffusion:
+    """`unet` inside a LatentDiffusion with a (still untrained) autoencoder of the model config's architecture."""
+    ae = model_config["autoencoder"]
+    autoencoder = Autoencoder(ae["model_type"]).build_network(ae["model_config"])
+    return LatentDiffusion(unet, autoencoder, model_config["scale_factor"])
+
+
 class LatentDiffusionRecipe(DiffusionRecipe):
     summary = "UNet on the latents of a frozen vqvae / autoencoder_kl, conditioned on clusters or nothing"
     demo_preset = "configs/demo_ldm.yaml"
-    option_groups = ("tile data", "clusters", "diffusion", "conditioned diffusion", "ldm")
+    option_groups = ("tile data", "clusters", "diffusion", "conditioned diffusion", "latent space", "ldm")
     options = DIFFUSION_OPTIONS + CONDITION_OPTIONS + LDM_OPTIONS
     datasets = TILE_DATASETS
 
@@ -102,29 +125,17 @@ class LatentDiffusionRecipe(DiffusionRecipe):
             raise ConfigError(f"--scale_batches must be at least 1, got {config['scale_batches']}")
 
     def build_network(self, model_config: dict[str, Any]) -> nn.Module:
-        ae = model_config["autoencoder"]
-        autoencoder = Autoencoder(ae["model_type"]).build_network(ae["model_config"])
-        return LatentDiffusion(UNet(**upgrade_unet_config(model_config["unet"])), autoencoder, model_config["scale_factor"])
+        return latent_network(UNet(**upgrade_unet_config(model_config["unet"])), model_config)
 
     def latent_model_config(self, config: dict[str, Any], data: Any, autoencoder: nn.Module, ae_state: dict, device: torch.device) -> dict[str, Any]:
         """The UNet on the latent grid, the frozen autoencoder and the latent scale factor (measured here, once)."""
-        loader = DataLoader(data.train_items, batch_size=config["batch_size"], shuffle=False)
-        images = (batch["image"] for _, batch in zip(range(config["scale_batches"]), loader))
-        scale = measure_scale_factor(autoencoder, images, device)
-        print(f"latent scale factor 1/std = {scale:.4f} (from {config['scale_batches']} batches)", file=sys.stderr)
         if "label" in config["conditions"] and not data.num_labels:
             raise ConfigError("--conditions label: the training tiles have no cluster labels (give --cluster_file)")
         labels = data.num_labels if "label" in config["conditions"] else 0
-        tile_size = ae_state["config"]["tile_size"]
-        unet = unet_config(config, tile_size // autoencoder.downsample_factor, autoencoder.latent_channels,
+        latent = latent_space(config, data, autoencoder, ae_state, device)
+        unet = unet_config(config, latent["image_size"] // autoencoder.downsample_factor, autoencoder.latent_channels,
                            config["conditions"], num_labels=labels)
-        return {
-            "unet": unet,
-            "diffusion": diffusion_settings(config),
-            "autoencoder": {"model_type": ae_state["model_type"], "model_config": ae_state["model_config"]},
-            "scale_factor": scale,
-            "image_size": tile_size,
-        }
+        return {"unet": unet, "diffusion": diffusion_settings(config), **latent}
 
     def build(self, config: dict[str, Any], data: Any, state: dict | None, device: torch.device, run_dir: Path) -> Built:
         autoencoder, ae_state = load_autoencoder(config["autoencoder_ckpt"], device)

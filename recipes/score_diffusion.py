@@ -39,7 +39,7 @@ TRANSITION_FLAGS = (
 class ScoreDiffusion(DiffusionRecipe):
     summary = "pixel-space UNet conditioned on the mitosis score, a class label or nothing; transition sequences"
     demo_preset = "configs/demo.yaml"
-    option_groups = ("wsi data", "pcam data", "diffusion", "conditioned diffusion")
+    option_groups = ("slides", "wsi data", "pcam data", "diffusion", "conditioned diffusion")
     options = DIFFUSION_OPTIONS + CONDITION_OPTIONS
     datasets = WSI_DATASETS + PCAM_DATASETS
 
