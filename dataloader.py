@@ -491,7 +491,8 @@ def build_region_datasets(config: dict[str, Any]) -> Datasets:
     val_positions, train_positions = [positions[i] for i in order[:held]], [positions[i] for i in order[held:]]
     if not train_positions:
         raise DataError(f"{slides.root}: --val_fraction {config['val_fraction']} leaves no training patches")
-    common = dict(tile_size=size, num_style=config["num_style_images"], style_mode=config["style_sampling"], seed=config["seed"])
+    common = dict(tile_size=size, num_style=config["num_style_images"], style_mode=config["style_sampling"], seed=config["seed"],
+                  radius=float(size))
     train = RegionPatches(slides, train_positions, augment=config["augment"], **common)
     val = RegionPatches(slides, val_positions, **common) if val_positions else None
     return Datasets(train, val, size)

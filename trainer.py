@@ -26,7 +26,8 @@ STEP_CHECKPOINT = "step_{:07d}.pt"
 O = Option
 TRAIN_OPTIONS: tuple[Option, ...] = (
     O("optimizer", str, "adamw", "optimiser", ("adam", "adamw", "sgd"), "train"),
-    O("learning_rate", float, 1e-4, "peak learning rate", None, "train", ("lr",)),
+    O("learning_rate", float, 1e-4, "peak learning rate (with --scale_lr: per image of a step)", None, "train", ("lr",)),
+    O("scale_lr", flag_bool, False, "use --learning_rate x --batch_size x number of processes (GPUs) as the learning rate, as STEDM does", None, "train"),
     O("weight_decay", float, 0.0, "weight decay", None, "train"),
     O("lr_schedule", str, "constant", "after warm-up: constant or cosine decay to zero", ("constant", "cosine"), "train"),
     O("warmup_steps", int, 0, "linear learning-rate warm-up steps", None, "train"),
@@ -96,8 +97,16 @@ def lr_lambda(warmup: int, total: int, schedule: str):
     return factor
 
 
+def effective_lr(config: dict) -> float:
+    """--learning_rate, times --batch_size and the number of processes with --scale_lr."""
+    if not config.get("scale_lr"):
+        return config["learning_rate"]
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return config["learning_rate"] * config["batch_size"] * world
+
+
 def build_optimizer(config: dict, params, device: torch.device) -> torch.optim.Optimizer:
-    lr, wd = config["learning_rate"], config["weight_decay"]
+    lr, wd = effective_lr(config), config["weight_decay"]
     fused = {"fused": True} if device.type == "cuda" else {}
     if config["optimizer"] == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused)

@@ -24,6 +24,15 @@ def int_list(text: Any) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def float_list(text: Any) -> list[float]:
+    """Comma-separated floats ("0.0015,0.0205") or a list of numbers."""
+    items = text if isinstance(text, (list, tuple)) else [t for t in str(text).split(",") if t.strip()]
+    try:
+        return [float(item) for item in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def str_list(text: Any) -> list[str]:
     """'a,b' or ['a', 'b'] -> ['a', 'b']; '' or 'none' -> []."""
     if isinstance(text, (list, tuple)):

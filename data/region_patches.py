@@ -15,7 +15,9 @@ patch is at least `min_tissue` labelled tissue. Each sample is
 - `semantic`: float32 K x tile x tile, the one-hot layout (K: classes of the class map incl. background 0; pixels
   of ignored regions are all zero);
 - `style`: float32 n x 3 x tile x tile in [-1, 1], reference crops drawn with `data.style_sampling.sample_style`
-  at the same level (the labelled tissue of the slide serves as its tissue map);
+  at the same level (the labelled tissue of the slide serves as its tissue map; `nearby` crops lie within
+  `radius` px of the slide's level from the patch centre, one patch size in the data loader, as the original
+  work's relative distance 1);
 - `meta`: slide, and the level-0 centre x, y of the patch.
 """
 from __future__ import annotations

@@ -117,10 +117,11 @@ class GaussianDiffusion:
         loss_type: str = "l2",
         learn_sigma: bool = False,
         vlb_weight: float = 0.001,
+        beta_range: tuple[float, float] | None = None,
     ) -> GaussianDiffusion:
         """Build the process for a named noise schedule (see `diffusion.schedules.SCHEDULES`)."""
         return cls(
-            make_betas(schedule, timesteps),
+            make_betas(schedule, timesteps, tuple(beta_range) if beta_range is not None else None),
             objective=objective,
             loss_type=loss_type,
             learn_sigma=learn_sigma,

@@ -5,13 +5,16 @@ import math
 
 import torch
 
-SCHEDULES = ("linear", "cosine", "sigmoid")
+SCHEDULES = ("linear", "cosine", "sigmoid", "scaled_linear")
+# Latent diffusion's (CompVis) "linear" schedule: linear in sqrt(beta) between these betas.
+LDM_BETA_RANGE = (0.0015, 0.0205)
 
 MAX_BETA = 0.999
 
 
-def make_betas(schedule: str, timesteps: int) -> torch.Tensor:
-    """Return the float64 betas of `schedule` for `timesteps` steps."""
+def make_betas(schedule: str, timesteps: int, beta_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """Return the float64 betas of `schedule` for `timesteps` steps (`beta_range`: first and last beta of
+    scaled_linear, default LDM_BETA_RANGE)."""
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
     if schedule == "linear":
@@ -20,6 +23,8 @@ def make_betas(schedule: str, timesteps: int) -> torch.Tensor:
         return cosine_betas(timesteps)
     if schedule == "sigmoid":
         return sigmoid_betas(timesteps)
+    if schedule == "scaled_linear":
+        return scaled_linear_betas(timesteps, *(beta_range or LDM_BETA_RANGE))
     raise ValueError(f"unknown noise schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")
 
 
@@ -29,6 +34,13 @@ def linear_betas(timesteps: int) -> torch.Tensor:
     if scale * 0.02 >= 1.0:
         raise ValueError(f"the linear schedule needs timesteps > 20 (its last beta is 20 / timesteps), got {timesteps}")
     return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+
+
+def scaled_linear_betas(timesteps: int, start: float, end: float) -> torch.Tensor:
+    """Betas whose square roots run linearly from sqrt(start) to sqrt(end) (latent diffusion's "linear")."""
+    if not 0.0 < start <= end < 1.0:
+        raise ValueError(f"scaled_linear needs 0 < first beta <= last beta < 1, got {start}, {end}")
+    return torch.linspace(start ** 0.5, end ** 0.5, timesteps, dtype=torch.float64) ** 2
 
 
 def cosine_betas(timesteps: int, offset: float = 0.008) -> torch.Tensor:

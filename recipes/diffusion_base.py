@@ -6,9 +6,10 @@ from typing import Any
 from torch import nn
 
 from common.errors import ConfigError
-from common.options import Option, flag_bool, int_list, str_list
+from common.options import Option, flag_bool, float_list, int_list, str_list
 from data.families import CONDITION_DATASETS
 from diffusion.gaussian_diffusion import GaussianDiffusion
+from diffusion.schedules import LDM_BETA_RANGE, SCHEDULES
 from diffusion.unet import UNet, upgrade_unet_config
 from recipes.base import Recipe
 from recipes.tasks import DiffusionTask, Task
@@ -17,7 +18,8 @@ O = Option
 DIFFUSION_LOSSES = ("l2", "l1", "huber")
 DIFFUSION_OPTIONS: tuple[Option, ...] = (
     O("timesteps", int, 1000, "diffusion steps T", None, "diffusion", ("diffusion_steps",)),
-    O("schedule", str, "cosine", "noise schedule", ("linear", "cosine", "sigmoid"), "diffusion", ("noise_schedule",)),
+    O("schedule", str, "cosine", "noise schedule (scaled_linear: linear in sqrt(beta), latent diffusion's \"linear\")", SCHEDULES, "diffusion", ("noise_schedule",)),
+    O("beta_range", float_list, None, "scaled_linear: first and last beta (default 0.0015,0.0205 as in latent diffusion)", None, "diffusion"),
     O("objective", str, "eps", "what the network predicts", ("eps", "x0", "v"), "diffusion"),
     O("learn_sigma", flag_bool, None, "learn the variance with the hybrid loss (default: on for sdm, off otherwise)", None, "diffusion"),
     O("vlb_weight", float, 0.001, "weight lambda of the variational-bound term of the hybrid loss", None, "diffusion"),
@@ -42,6 +44,7 @@ def diffusion_settings(config: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of GaussianDiffusion.from_config, as stored in checkpoints."""
     return {
         "schedule": config["schedule"],
+        **({"beta_range": list(config["beta_range"] or LDM_BETA_RANGE)} if config["schedule"] == "scaled_linear" else {}),
         "timesteps": config["timesteps"],
         "objective": config["objective"],
         "loss_type": config["loss_function"],
@@ -90,6 +93,11 @@ class DiffusionRecipe(Recipe):
         for name in ("learn_sigma", "cond_drop_prob", "resblock_updown"):
             if config[name] is None:
                 config[name] = getattr(self, f"default_{name}")
+        if config["beta_range"] is not None:
+            if config["schedule"] != "scaled_linear":
+                raise ConfigError(f"--beta_range is for --schedule scaled_linear, not {config['schedule']}")
+            if len(config["beta_range"]) != 2 or not 0 < config["beta_range"][0] <= config["beta_range"][1] < 1:
+                raise ConfigError(f"--beta_range: expected two betas 0 < first <= last < 1, got {config['beta_range']}")
         if config["schedule"] == "linear" and config["timesteps"] <= 20:
             raise ConfigError(f"--schedule linear needs --timesteps above 20 (its last beta is 20 / T), got {config['timesteps']}")
         if not 0.0 <= config["cond_drop_prob"] <= 1.0:

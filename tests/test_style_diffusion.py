@@ -22,6 +22,9 @@ from data.npy_stack import tiles_from_slides, write_stack
 from data.flowers import write_fake_flowers
 from data.region_patches import choose_level
 from diffusion.unet import to_grid
+from diffusion.gaussian_diffusion import GaussianDiffusion
+from recipes.diffusion_base import diffusion_settings
+from trainer import effective_lr
 from data.synthetic_regions import SyntheticRegionsConfig, generate_synthetic_regions, read_slides_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,3 +262,22 @@ def test_stedm_on_flowers_and_tile_pairs(dataset, tmp_path):
     heldout = set(data.val.style_units("heldout"))
     rows = list(csv.DictReader((out / "samples.csv").open()))
     assert heldout and {r["style_units"].split(";")[0] for r in rows} <= heldout
+
+
+@pytest.mark.parametrize("preset", ["stedm_catch_original", "stedm_flowers_original"])
+def test_original_presets_carry_the_published_hyper_parameters(preset):
+    config = model.resolve_config(["--config", str(ROOT / "configs" / f"{preset}.yaml")])
+    assert (config["objective"], config["loss_function"], config["schedule"], config["timesteps"]) == ("eps", "l1", "scaled_linear", 1000)
+    assert config["beta_range"] == [0.0015, 0.0205] and config["grad_accum"] == 4 and config["ema_decay"] > 0
+    assert (config["style_encoder"], config["style_dim"], config["style_agg"], config["style_drop_prob"]) == ("swin_v2_t", 512, "linear", 0.25)
+    assert effective_lr(config) == pytest.approx(1e-7 * 8)
+    settings = diffusion_settings(config)
+    betas = GaussianDiffusion.from_config(**settings).betas
+    assert float(betas[0]) == pytest.approx(0.0015) and float(betas[-1]) == pytest.approx(0.0205)
+
+
+def test_beta_range_belongs_to_the_scaled_linear_schedule(regions):
+    with pytest.raises(ConfigError, match="--beta_range is for --schedule scaled_linear"):
+        model.resolve_config(argv(regions, Path("unused"), "--beta_range", "0.001,0.02"))
+    with pytest.raises(ConfigError, match="--beta_range: expected two betas"):
+        model.resolve_config(argv(regions, Path("unused"), "--schedule", "scaled_linear", "--beta_range", "0.02,0.001"))
