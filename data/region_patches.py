@@ -195,6 +195,34 @@ def with_labelled(slides: RegionSlides, per_class: int | None, classes: Mapping[
                         slides.downsamples, frozenset(kept))
 
 
+def tissue_share(slides: RegionSlides, name: str, tile_size: int) -> np.ndarray:
+    """Labelled-tissue share of the patch at every top-left corner (y, x) of slide `name`'s mask."""
+    mask = slides.masks[name]
+    tissue = (mask > 0) & (mask != IGNORE)
+    height, width = tissue.shape
+    if tile_size > min(height, width):
+        raise DataError(f"{name}: --tile_size {tile_size} does not fit a {width} x {height} slide")
+    table = np.pad(tissue.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    s = tile_size
+    return (table[s:, s:] - table[:-s, s:] - table[s:, :-s] + table[:-s, :-s]) / float(s * s)
+
+
+def grid_positions(
+    slides: RegionSlides, names: Sequence[str], tile_size: int, per_slide: int, seed: int, min_tissue: float = MIN_TISSUE
+) -> list[tuple[str, int, int]]:
+    """Top-left corners on a tile_size grid whose patch is at least `min_tissue` labelled tissue, at most
+    `per_slide` per slide (a seeded choice, kept in grid order)."""
+    positions = []
+    for index, name in enumerate(names):
+        share = tissue_share(slides, name, tile_size)[::tile_size, ::tile_size]
+        ys, xs = np.nonzero(share >= min_tissue)
+        if len(ys) > per_slide:
+            keep = np.sort(np.random.default_rng([seed, index, 9]).choice(len(ys), size=per_slide, replace=False))
+            ys, xs = ys[keep], xs[keep]
+        positions += [(name, int(x) * tile_size, int(y) * tile_size) for y, x in zip(ys, xs)]
+    return positions
+
+
 def tissue_positions(
     slides: RegionSlides, names: Sequence[str], tile_size: int, per_slide: int, seed: int, min_tissue: float = MIN_TISSUE
 ) -> list[tuple[str, int, int]]:
@@ -202,14 +230,7 @@ def tissue_positions(
     `min_tissue` labelled tissue."""
     positions = []
     for index, name in enumerate(names):
-        tissue = (slides.masks[name] > 0) & (slides.masks[name] != IGNORE)
-        height, width = tissue.shape
-        if tile_size > min(height, width):
-            raise DataError(f"{name}: --tile_size {tile_size} does not fit a {width} x {height} slide")
-        # share of tissue of every patch, from the summed-area table
-        table = np.pad(tissue.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        s = tile_size
-        share = (table[s:, s:] - table[:-s, s:] - table[s:, :-s] + table[:-s, :-s]) / float(s * s)
+        share = tissue_share(slides, name, tile_size)
         ys, xs = np.nonzero(share >= min_tissue)
         if len(ys) == 0:
             raise DataError(f"{name}: no {tile_size} px patch with a tissue share >= {min_tissue}")

@@ -1,5 +1,6 @@
 """Segmentation tile pairs: folders of `images/<stem>.png` (RGB) and `masks/<stem>.png` (one class index per
-pixel, 0 = background), matched by file stem.
+pixel, 0 = background), matched by file stem, or flat folders of `img_<n>.png` + `seg_<n>.png` (what styled
+generation writes).
 
 Slides: when every stem of a folder has the form `<slide>_<rest>`, a tile's slide is the text before the first
 underscore; otherwise each tile is its own slide. Train / validation splits hold out whole slides, and per-slide
@@ -25,6 +26,8 @@ from data.monuseg import BINARY_MASK_DIRS, binary_mask_folder, read_binary_mask
 from data.splits import split_by_group
 
 IMAGE_SUFFIXES = (".png",)
+# Generated tiles (and the original STEDM's synthetic sets) lie flat: img_<n>.png with its mask seg_<n>.png.
+FLAT_IMAGE, FLAT_MASK = "img_", "seg_"
 # HED stain jitter: each channel h -> alpha * h + beta, alpha in [1 - S, 1 + S], beta in [-B, B].
 STAIN_SCALE = 0.05
 STAIN_SHIFT = 0.01
@@ -52,12 +55,23 @@ def mask_folder(folder: Path) -> Path | None:
     return folder / "masks" if (folder / "masks").is_dir() else binary_mask_folder(folder)
 
 
+def flat_pairs(folder: Path) -> list[TilePair]:
+    """The img_<n>.png + seg_<n>.png pairs of a flat folder (generated tiles), each tile its own slide."""
+    images = {p.name[len(FLAT_IMAGE):-4]: p for p in sorted(folder.glob(f"{FLAT_IMAGE}*.png"))}
+    missing = [n for n in images if not (folder / f"{FLAT_MASK}{n}.png").is_file()]
+    if missing:
+        raise DataError(f"{images[missing[0]]}: no mask {folder / (FLAT_MASK + missing[0] + '.png')}")
+    return [TilePair(n, images[n], folder / f"{FLAT_MASK}{n}.png", n, folder.name) for n in images]
+
+
 def list_pairs(folder: str | Path) -> list[TilePair]:
     """Every image of `folder`/images with its mask in `folder`/masks (class indices) or, without masks/, in
-    labels/ or bin_masks/ (binary 0/255 nucleus masks, read as classes 0/1), sorted by stem (DataError naming
-    what is missing)."""
+    labels/ or bin_masks/ (binary 0/255 nucleus masks, read as classes 0/1), sorted by stem; or, in a flat
+    folder, every img_<n>.png with its seg_<n>.png (generated tiles). DataError naming what is missing."""
     folder = Path(folder)
     images_dir, masks_dir = folder / "images", mask_folder(folder)
+    if not images_dir.is_dir() and folder.is_dir() and any(folder.glob(f"{FLAT_IMAGE}*.png")):
+        return flat_pairs(folder)
     if not images_dir.is_dir() or masks_dir is None:
         missing = images_dir if not images_dir.is_dir() else folder / "masks"
         raise DataError(f"{folder}: expected a tile folder with images/*.png and masks/*.png (class indices) or "
