@@ -15,7 +15,7 @@ import yaml
 
 from common.checkpoint import read_checkpoint
 from common.cli import run_main
-from common.errors import ConfigError
+from common.errors import ConfigError, UserError
 from common.runtime import init_distributed, is_main, pick_device
 from dataloader import build_dataloaders
 from model import OPTIONS, recipe_for, resolve_config, run_dir_for
@@ -36,6 +36,22 @@ def resume_config(run_dir: Path, cli: dict[str, Any]) -> tuple[dict[str, Any], d
             )
     config["resume"] = str(run_dir)
     return config, state
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_if_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders (deepest first) this run created, as long as nothing was written into them."""
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -65,8 +81,8 @@ def run(argv: Sequence[str] | None = None) -> Path:
     if config["precision"] == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     init_distributed(device)
-    if state is None:
-        prepare_run_dir(run_dir, config["overwrite"])
+    if state is None and run_dir.exists() and any(run_dir.iterdir()) and not config["overwrite"]:
+        prepare_run_dir(run_dir, overwrite=False)
 
     member = config.get("ensemble") or 0
     seed = config["seed"] + member
@@ -75,8 +91,16 @@ def run(argv: Sequence[str] | None = None) -> Path:
     data = build_dataloaders({**config, "seed": seed}, start_batch=start_batch)
     config["tile_size"] = data.tile_size
 
+    created = missing_folders(run_dir)
+    if state is None:
+        prepare_run_dir(run_dir, config["overwrite"])
     recipe = recipe_for(config["model_type"])
-    built = recipe.build(config, data, state, device, run_dir)
+    try:
+        built = recipe.build(config, data, state, device, run_dir)
+    except UserError:
+        if is_main():
+            remove_if_empty(created)
+        raise
     if is_main():
         (run_dir / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "explicit"}, sort_keys=True))
     trainer = Trainer(config, built.model, config["model_type"], built.model_config, built.task, built.data.train,

@@ -129,6 +129,7 @@ def test_bad_inputs_exit_2_with_their_message(folders, tmp_path, capsys):
     assert "--seg_classes must be at least 2" in capsys.readouterr().err
     assert train.main(argv(tmp_path / "r6", data_root=real, seg_weights=tmp_path / "none.pt")) == 2
     assert f"--seg_weights: file {tmp_path / 'none.pt'} does not exist" in capsys.readouterr().err
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 7))  # nothing written
 
 
 def test_seg_weights_encoder_or_whole_network(tmp_path):

@@ -156,8 +156,16 @@ def test_bad_style_and_layout_sources(runs, tmp_path):
     base = ["--ckpt", str(runs["trained"] / "last.pt"), "--out_dir", str(out), "--num_samples", "1", "--steps", "1"]
     assert inference.main(base + ["--styles", str(empty)]) == 2
     assert inference.main(base + ["--layouts", str(empty)]) == 2
+    assert inference.main(base + ["--pairing", "same_slide"]) == 2  # validation layouts are of training slides
+    assert not out.exists()
     assert inference.main(base + ["--styles", "train", "--pairing", "same_slide"]) == 0
-    assert not (tmp_path / "never2").exists()
+
+
+def test_unknown_class_name_exits_2_and_writes_nothing(regions, tmp_path, capsys):
+    assert train.main(argv(regions, tmp_path / "runs", "--class_map", "stroma:1,tumour:2")) == 2
+    err = capsys.readouterr().err
+    assert "unknown class name(s) ['tumour']" in err and "tumor" in err
+    assert not (tmp_path / "runs").exists()
 
 
 AE = {"tile_size": 16, "batch_size": 4, "batch_validation": 8, "max_steps": 2, "val_every": 2, "val_batches": 1,
