@@ -11,9 +11,10 @@ import csv
 import sqlite3
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import openslide
@@ -49,8 +50,23 @@ EDGE_MARGIN = 64
 OBJECT_SPACING = 32
 MIN_SIZE = 4 * EDGE_MARGIN
 LAST_MODIFIED = 1_700_000_000.0
+SPOT, POLYGON = 1, 3
 DATABASE_STREAM = 1_000_003
 
+
+
+def check_extent(count_name: str, count: int, size: int, min_size: int) -> None:
+    """Raise DataError unless there is at least one item (option `count_name`) and `size` is at least `min_size` px."""
+    if count < 1:
+        raise DataError(f"{count_name}: expected at least 1, got {count}")
+    if size < min_size:
+        raise DataError(f"size: expected at least {min_size} px, got {size}")
+
+
+def check_mpp(mpp: float) -> None:
+    """Raise DataError unless `mpp` is a positive number of microns per pixel."""
+    if mpp <= 0:
+        raise DataError(f"mpp: expected a positive number of microns per pixel, got {mpp}")
 
 
 @dataclass(frozen=True)
@@ -72,12 +88,8 @@ class SyntheticConfig:
 
     def validate(self) -> None:
         """Raise DataError naming the first parameter that is out of range."""
-        if self.num_slides < 1:
-            raise DataError(f"num_slides: expected at least 1, got {self.num_slides}")
-        if self.size < MIN_SIZE:
-            raise DataError(f"size: expected at least {MIN_SIZE} px, got {self.size}")
-        if self.mpp <= 0:
-            raise DataError(f"mpp: expected a positive number of microns per pixel, got {self.mpp}")
+        check_extent("num_slides", self.num_slides, self.size, MIN_SIZE)
+        check_mpp(self.mpp)
         if self.mitotic_per_slide < 0 or self.lookalike_per_slide < 0:
             raise DataError(
                 "mitotic_per_slide / lookalike_per_slide: expected counts >= 0, got "
@@ -332,6 +344,13 @@ def check_slide(path: Path, size: int, levels: int, mpp: float) -> None:
             raise DataError(f"{path}: OpenSlide reports mpp {found_mpp}, expected {mpp}")
 
 
+def store_slide(path: Path, image: np.ndarray, size: int, mpp: float) -> tuple[str, int, int]:
+    """Write `image` as the size x size pyramidal slide `path`, check it, and give its (file name, width, height)."""
+    levels = write_pyramid(path, image, mpp)
+    check_slide(path, size, levels, mpp)
+    return path.name, size, size
+
+
 SCHEMA = (
     "CREATE TABLE `Slides` (`uid` INTEGER PRIMARY KEY AUTOINCREMENT UNIQUE, `filename` TEXT, `width` INTEGER, "
     "`height` INTEGER, `directory` TEXT, `uuid` TEXT, `exactImageID` TEXT, `EXACTUSER` INTEGER DEFAULT 0)",
@@ -366,6 +385,43 @@ def random_guid(rng: np.random.Generator) -> str:
     return str(uuid.UUID(bytes=rng.bytes(16), version=4))
 
 
+@contextmanager
+def slide_database(path: Path, slides: Sequence[tuple[str, int, int]], class_ids: Mapping[str, int],
+                   colours: Mapping[str, str], rng: np.random.Generator) -> Iterator[sqlite3.Connection]:
+    """A new SlideRunner database at `path` holding `slides` and the classes, committed when the block succeeds."""
+    con = sqlite3.connect(path)
+    try:
+        for statement in SCHEMA:
+            con.execute(statement)
+        con.executemany(
+            "INSERT INTO Slides (uid, filename, width, height, uuid) VALUES (?, ?, ?, ?, ?)",
+            [(i, name, w, h, random_guid(rng)) for i, (name, w, h) in enumerate(slides, 1)],
+        )
+        con.executemany(
+            "INSERT INTO Classes (uid, name, color) VALUES (?, ?, ?)",
+            [(i, name, colours[name]) for name, i in class_ids.items()],
+        )
+        yield con
+        con.commit()
+    finally:
+        con.close()
+
+
+def add_annotation(con: sqlite3.Connection, anno_id: int, slide_id: int, kind: int, class_id: int,
+                   vertices: Sequence[tuple[int, int]], rng: np.random.Generator) -> None:
+    """Insert annotation `anno_id` of type `kind` (SPOT or POLYGON) with its vertices in order."""
+    con.execute(
+        "INSERT INTO Annotations (uid, slide, guid, lastModified, deleted, type, agreedClass, clickable) "
+        "VALUES (?, ?, ?, ?, 0, ?, ?, 1)",
+        (anno_id, slide_id, random_guid(rng), LAST_MODIFIED, kind, class_id),
+    )
+    con.executemany(
+        "INSERT INTO Annotations_coordinates "
+        "(coordinateX, coordinateY, coordinateZ, slide, annoId, orderIdx) VALUES (?, ?, 0, ?, ?, ?)",
+        [(x, y, slide_id, anno_id, order) for order, (x, y) in enumerate(vertices, 1)],
+    )
+
+
 def write_database(
     path: Path,
     slides: list[tuple[str, int, int]],
@@ -377,47 +433,25 @@ def write_database(
     class_ids = {MITOTIC_CLASS: 1, LOOKALIKE_CLASS: 2}
     flat = [(slide_id, obj) for slide_id, slide_objects in enumerate(objects, 1) for obj in slide_objects]
     votes = annotator_votes(rng, [class_ids[obj.class_name] for _, obj in flat], share)
-    con = sqlite3.connect(path)
-    try:
-        for statement in SCHEMA:
-            con.execute(statement)
-        con.executemany(
-            "INSERT INTO Slides (uid, filename, width, height, uuid) VALUES (?, ?, ?, ?, ?)",
-            [(i, name, w, h, random_guid(rng)) for i, (name, w, h) in enumerate(slides, 1)],
-        )
-        con.executemany(
-            "INSERT INTO Classes (uid, name, color) VALUES (?, ?, ?)",
-            [(i, name, CLASS_COLOURS[name]) for name, i in class_ids.items()],
-        )
+    with slide_database(path, slides, class_ids, CLASS_COLOURS, rng) as con:
         con.executemany("INSERT INTO Persons (uid, name) VALUES (?, ?)", list(enumerate(ANNOTATORS, 1)))
         for anno_id, ((slide_id, obj), (vote_1, vote_2)) in enumerate(zip(flat, votes), 1):
-            con.execute(
-                "INSERT INTO Annotations (uid, slide, guid, lastModified, deleted, type, agreedClass, clickable) "
-                "VALUES (?, ?, ?, ?, 0, 1, ?, 1)",
-                (anno_id, slide_id, random_guid(rng), LAST_MODIFIED, class_ids[obj.class_name]),
-            )
-            con.execute(
-                "INSERT INTO Annotations_coordinates (coordinateX, coordinateY, coordinateZ, slide, annoId, orderIdx) "
-                "VALUES (?, ?, 0, ?, ?, 1)",
-                (obj.x, obj.y, slide_id, anno_id),
-            )
+            add_annotation(con, anno_id, slide_id, SPOT, class_ids[obj.class_name], [(obj.x, obj.y)], rng)
             con.executemany(
                 "INSERT INTO Annotations_label (person, class, annoId) VALUES (?, ?, ?)",
                 [(1, vote_1, anno_id), (2, vote_2, anno_id)],
             )
-        con.commit()
-    finally:
-        con.close()
 
 
 def synthetic_paths(root: str | Path) -> dict[str, Path]:
     """Where a synthetic dataset in `root` keeps its slides, database and split file."""
+    return slide_set_paths(root, "synthetic.sqlite", "splits", "splits.csv")
+
+
+def slide_set_paths(root: str | Path, database: str, table_key: str, table: str) -> dict[str, Path]:
+    """A generated slide set's layout in `root`: slides in WSI/, Annotations/`database`, and the file `table`."""
     root = Path(root)
-    return {
-        "slides_dir": root / "WSI",
-        "database": root / "Annotations" / "synthetic.sqlite",
-        "splits": root / "splits.csv",
-    }
+    return {"slides_dir": root / "WSI", "database": root / "Annotations" / database, table_key: root / table}
 
 
 def slide_name(index: int) -> str:
@@ -454,10 +488,7 @@ def build_dataset(folder: Path, config: SyntheticConfig, progress: bool) -> None
         image, slide_objects = render_tissue(
             rng, config.size, config.size, config.mitotic_per_slide, config.lookalike_per_slide, config.nuclei_density
         )
-        path = paths["slides_dir"] / slide_name(index)
-        levels = write_pyramid(path, image, config.mpp)
-        check_slide(path, config.size, levels, config.mpp)
-        slides.append((path.name, config.size, config.size))
+        slides.append(store_slide(paths["slides_dir"] / slide_name(index), image, config.size, config.mpp))
         objects.append(slide_objects)
     votes_rng = np.random.default_rng([config.seed, DATABASE_STREAM])
     write_database(paths["database"], slides, objects, votes_rng, config.disagreement)

@@ -22,6 +22,7 @@ from data.cached_folder import generate_once
 from data.generator_cli import generator_main
 from data.monuseg import ANNOTATIONS_DIR, IMAGES_DIR, MIN_AREA
 from data.painting import Canvas, NucleusLook, local_grid, shade_ellipse, stain_to_rgb, stroma
+from data.synthetic import check_extent, check_mpp
 
 FORMAT_VERSION = 1
 REFERENCE_AREA = 256 * 256
@@ -48,18 +49,14 @@ class SyntheticMonusegConfig:
 
     def validate(self) -> None:
         """Raise DataError naming the first parameter that is out of range."""
-        if self.num_images < 1:
-            raise DataError(f"num_images: expected at least 1, got {self.num_images}")
-        if self.size < MIN_SIZE:
-            raise DataError(f"size: expected at least {MIN_SIZE} px, got {self.size}")
+        check_extent("num_images", self.num_images, self.size, MIN_SIZE)
         if not 1 <= self.min_nuclei <= self.max_nuclei:
             raise DataError(
                 f"min_nuclei / max_nuclei: expected 1 <= min <= max, got {self.min_nuclei} / {self.max_nuclei}"
             )
         if self.max_nuclei > 150:
             raise DataError(f"max_nuclei: expected at most 150 per 256 x 256 px, got {self.max_nuclei}")
-        if self.mpp <= 0:
-            raise DataError(f"mpp: expected a positive number of microns per pixel, got {self.mpp}")
+        check_mpp(self.mpp)
 
 
 @dataclass(frozen=True)

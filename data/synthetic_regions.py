@@ -7,14 +7,14 @@ eosinophilic with fibres and sparse nuclei. The painted layout is exactly the po
 `data.regions.rasterise`, so masks read back from the database cover the painted regions.
 
 Every slide has its own stain style: haematoxylin and eosin optical-density vectors and a stain intensity, all
-derived from one style coordinate `t` and a per-slide jitter. Training slides draw `t` within
-[-TRAIN_STYLE, TRAIN_STYLE]; held-out slides lie beyond HELDOUT_STYLE on either side, so their colours fall
-outside the training range. `slides.csv` lists the split and the stain parameters of every slide.
+derived from one style coordinate `t` and a per-slide jitter. Training slides spread over
+[-TRAIN_STYLE, TRAIN_STYLE]; held-out slides lie between two training slides, so their stains were never seen
+in training but are within the range a style encoder learns from (`slide_styles`). `slides.csv` lists the split
+and the stain parameters of every slide.
 """
 from __future__ import annotations
 
 import csv
-import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +38,11 @@ from data.painting import (
     stroma,
 )
 from data.regions import rasterise
-from data.synthetic import SCHEMA, check_slide, random_guid, write_pyramid
+from data.synthetic import (
+    POLYGON, add_annotation, check_extent, check_mpp, slide_database, slide_set_paths, store_slide,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MIN_SIZE = 128
 STROMA_CLASS = "stroma"
 TUMOR_CLASS = "tumor"
@@ -49,10 +51,8 @@ CLASS_COLOURS = {STROMA_CLASS: "#f4a6c8", TUMOR_CLASS: "#6a3d9a"}
 CLASS_MAP = "stroma:1,tumor:2"
 OUTLINE_VERTICES = 96
 NEST_VERTICES = 48
-LAST_MODIFIED = 1_700_000_000.0
 DATABASE_STREAM = 1_000_003
-TRAIN_STYLE = 0.5
-HELDOUT_STYLE = 1.3
+TRAIN_STYLE = 1.0
 # Style endpoints: t = -1 is a blue-grey, pale staining; t = +1 a red-brown, heavy one (as unit-free OD vectors).
 HEMATOXYLIN_COOL = np.array([0.70, 0.64, 0.32], dtype=np.float32)
 HEMATOXYLIN_WARM = np.array([0.45, 0.76, 0.47], dtype=np.float32)
@@ -74,12 +74,8 @@ class SyntheticRegionsConfig:
 
     def validate(self) -> None:
         """Raise DataError naming the first parameter that is out of range."""
-        if self.num_slides < 1:
-            raise DataError(f"num_slides: expected at least 1, got {self.num_slides}")
-        if self.size < MIN_SIZE:
-            raise DataError(f"size: expected at least {MIN_SIZE} px, got {self.size}")
-        if self.mpp <= 0:
-            raise DataError(f"mpp: expected a positive number of microns per pixel, got {self.mpp}")
+        check_extent("num_slides", self.num_slides, self.size, MIN_SIZE)
+        check_mpp(self.mpp)
         if not 0 <= self.heldout < self.num_slides:
             raise DataError(
                 f"heldout: expected 0 <= heldout < num_slides ({self.num_slides}) so that some slides train, "
@@ -114,17 +110,22 @@ def stain_style(t: float, rng: np.random.Generator) -> StainStyle:
 
 
 def slide_styles(config: SyntheticRegionsConfig) -> list[tuple[str, StainStyle]]:
-    """(split, style) per slide: the last `heldout` slides are held out, alternately below and above."""
+    """(split, style) per slide. The training slides split [-TRAIN_STYLE, TRAIN_STYLE] into equal strata, one
+    each (jittered within the middle half of its stratum); the last `heldout` slides take the midpoints between
+    neighbouring strata, from the outermost inwards, alternately above and below (jittered by a tenth of a
+    stratum), so every held-out style lies inside the training range yet between training slides."""
+    train = config.num_slides - config.heldout
+    width = 2 * TRAIN_STYLE / train
+    midpoints = sorted((-TRAIN_STYLE + width * (k + 1) for k in range(train - 1)), key=lambda m: (-abs(m), -m))
     out = []
     for index in range(config.num_slides):
         rng = np.random.default_rng([config.seed, index, 1])
-        held = index >= config.num_slides - config.heldout
-        if held:
-            sign = 1.0 if (index - (config.num_slides - config.heldout)) % 2 == 0 else -1.0
-            t = sign * rng.uniform(HELDOUT_STYLE, HELDOUT_STYLE + 0.3)
+        if index < train:
+            t = -TRAIN_STYLE + width * (index + 0.5) + rng.uniform(-0.1, 0.1) * width
         else:
-            t = rng.uniform(-TRAIN_STYLE, TRAIN_STYLE)
-        out.append(("heldout" if held else "train", stain_style(t, rng)))
+            middle = midpoints[(index - train) % len(midpoints)] if midpoints else 0.0
+            t = middle + rng.uniform(-0.05, 0.05) * width
+        out.append(("heldout" if index >= train else "train", stain_style(t, rng)))
     return out
 
 
@@ -216,45 +217,18 @@ def write_region_database(
     rng: np.random.Generator,
 ) -> None:
     """A SlideRunner database (the schema of `data.synthetic`) with one polygon per region, outline first."""
-    con = sqlite3.connect(path)
-    try:
-        for statement in SCHEMA:
-            con.execute(statement)
-        con.executemany(
-            "INSERT INTO Slides (uid, filename, width, height, uuid) VALUES (?, ?, ?, ?, ?)",
-            [(i, name, w, h, random_guid(rng)) for i, (name, w, h) in enumerate(slides, 1)],
-        )
-        con.executemany(
-            "INSERT INTO Classes (uid, name, color) VALUES (?, ?, ?)",
-            [(uid, name, CLASS_COLOURS[name]) for name, uid in CLASS_IDS.items()],
-        )
+    with slide_database(path, slides, CLASS_IDS, CLASS_COLOURS, rng) as con:
         anno_id = 0
         for slide_id, (outline, nests) in enumerate(layouts, 1):
             for class_name, vertices in [(STROMA_CLASS, outline)] + [(TUMOR_CLASS, n) for n in nests]:
                 anno_id += 1
-                con.execute(
-                    "INSERT INTO Annotations (uid, slide, guid, lastModified, deleted, type, agreedClass, clickable) "
-                    "VALUES (?, ?, ?, ?, 0, 3, ?, 1)",
-                    (anno_id, slide_id, random_guid(rng), LAST_MODIFIED, CLASS_IDS[class_name]),
-                )
-                con.executemany(
-                    "INSERT INTO Annotations_coordinates "
-                    "(coordinateX, coordinateY, coordinateZ, slide, annoId, orderIdx) VALUES (?, ?, 0, ?, ?, ?)",
-                    [(int(x), int(y), slide_id, anno_id, order) for order, (x, y) in enumerate(vertices, 1)],
-                )
-        con.commit()
-    finally:
-        con.close()
+                corners = [(int(x), int(y)) for x, y in vertices]
+                add_annotation(con, anno_id, slide_id, POLYGON, CLASS_IDS[class_name], corners, rng)
 
 
 def regions_paths(root: str | Path) -> dict[str, Path]:
     """Where a synthetic region set in `root` keeps its slides, database and slide table."""
-    root = Path(root)
-    return {
-        "slides_dir": root / "WSI",
-        "database": root / "Annotations" / "regions.sqlite",
-        "slides_csv": root / "slides.csv",
-    }
+    return slide_set_paths(root, "regions.sqlite", "slides_csv", "slides.csv")
 
 
 def slide_name(index: int) -> str:
@@ -284,10 +258,7 @@ def build_set(folder: Path, config: SyntheticRegionsConfig, progress: bool) -> N
     for index in tqdm(range(config.num_slides), desc="synthetic region slides", disable=not progress):
         rng = np.random.default_rng([config.seed, index])
         image, outline, nests = render_region_slide(rng, config.size, config.nests_per_slide, styles[index][1])
-        path = paths["slides_dir"] / slide_name(index)
-        levels = write_pyramid(path, image, config.mpp)
-        check_slide(path, config.size, levels, config.mpp)
-        slides.append((path.name, config.size, config.size))
+        slides.append(store_slide(paths["slides_dir"] / slide_name(index), image, config.size, config.mpp))
         layouts.append((outline, nests))
     write_region_database(paths["database"], slides, layouts, np.random.default_rng([config.seed, DATABASE_STREAM]))
     with open(paths["slides_csv"], "w", newline="") as handle:

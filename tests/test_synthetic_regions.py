@@ -14,6 +14,7 @@ from data.regions import parse_class_map, read_region_polygons, region_summary, 
 from data.synthetic_regions import (
     CLASS_MAP,
     SyntheticRegionsConfig,
+    slide_styles,
     generate_synthetic_regions,
     main,
     read_slides_csv,
@@ -89,7 +90,7 @@ def test_polygons_cover_the_painted_regions(regions_root):
         assert np.median(brightness[glass]) > 700  # white glass outside the tissue outline
 
 
-def test_heldout_styles_lie_outside_the_training_range(regions_root):
+def test_heldout_styles_lie_between_training_styles(regions_root):
     paths = regions_paths(regions_root)
     polygons = read_region_polygons(paths["database"])
     class_map = parse_class_map(CLASS_MAP)
@@ -98,14 +99,22 @@ def test_heldout_styles_lie_outside_the_training_range(regions_root):
         rgb = _slide_rgb(paths["slides_dir"] / row["slide"])
         tissue = slide_mask(polygons, row["slide"], class_map, rgb.shape[:2]) > 0
         means[row["slide"]] = (row["split"], row["style_t"], rgb[tissue].mean(0))
-    train = np.stack([m for split, _, m in means.values() if split == "train"])
-    low, high = train.min(0), train.max(0)
+    train_t = np.array([t for split, t, _ in means.values() if split == "train"])
+    train_rgb = np.stack([m for split, _, m in means.values() if split == "train"])
+    assert train_t.min() < -0.5 and train_t.max() > 0.5
     for split, t, mean in means.values():
         if split == "heldout":
-            assert abs(t) > 1.0
-            assert ((mean < low - 5) | (mean > high + 5)).any(), (mean, low, high)
-        else:
-            assert abs(t) <= 0.5
+            assert train_t.min() < t < train_t.max() and np.abs(train_t - t).min() > 0.05
+            assert np.abs(train_rgb - mean).max(1).min() > 2.0  # its colour is none of the training slides'
+
+
+def test_styles_of_larger_sets_interleave():
+    styles = slide_styles(SyntheticRegionsConfig(num_slides=9, heldout=3))
+    train = sorted(s.t for split, s in styles if split == "train")
+    for split, style in styles:
+        if split == "heldout":
+            above = next(i for i, t in enumerate(train) if t > style.t)
+            assert 0 < above < len(train) and min(style.t - train[above - 1], train[above] - style.t) > 0.05
 
 
 def test_bad_config_and_command_line(tmp_path, capsys):
