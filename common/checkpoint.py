@@ -39,3 +39,18 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     return payload
+
+
+def load_local_weights(module: torch.nn.Module, path: Path, option: str, head: tuple[str, ...],
+                       unfit: str) -> tuple[list[str], list[str]]:
+    """Load the local state dict `path` (given as --`option`) less the keys starting with `head` into `module`
+    non-strictly; give the (missing, unexpected) keys. ValueError "--option path {unfit}: ..." where it fails."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--{option}: file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except (RuntimeError, AttributeError, OSError) as err:
+        raise ValueError(f"--{option} {path} {unfit}: {err}") from None
+    return missing, unexpected

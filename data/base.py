@@ -16,19 +16,33 @@ def dihedral(patch: np.ndarray, k: int) -> np.ndarray:
     return out[:, ::-1] if k >= 4 else out
 
 
+def unit_range(patch: np.ndarray) -> np.ndarray:
+    """uint8 H x W x C -> float32 C x H x W in [-1, 1]."""
+    return np.ascontiguousarray(patch.transpose(2, 0, 1), dtype=np.float32) / 127.5 - 1.0
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """uint8 H x W labels -> float32 K x H x W; labels outside 0..K-1 (ignored regions) are all zero."""
+    return (labels[None] == np.arange(num_classes)[:, None, None]).astype(np.float32)
+
+
 class SeededDataset(Dataset):
     """A dataset whose sample i is a pure function of (seed, i), so any position of a stream can be resumed.
 
-    Subclasses set `augment` and `seed`. With `augment`, sample i gets one of the 8 rotations/flips drawn from
-    (seed, i); `without_augmentation()` gives a copy that serves the same items unaugmented. File handles
-    opened through `handle` belong to one process: a copy made by pickling (a DataLoader worker) or a forked
-    process opens its own.
+    Subclasses pass `augment` and `seed` to this constructor. With `augment`, sample i gets one of the 8
+    rotations/flips drawn from (seed, i); `without_augmentation()` gives a copy that serves the same items
+    unaugmented. File handles opened through `handle` belong to one process: a copy made by pickling (a
+    DataLoader worker) or a forked process opens its own.
     """
 
     augment: bool = False
     seed: int = 0
     _handles: dict | None = None
     _handles_pid: int | None = None
+
+    def __init__(self, augment: bool = False, seed: int = 0) -> None:
+        self.augment = augment
+        self.seed = seed
 
     def sample_rng(self, index: int, *stream: int) -> np.random.Generator:
         """The random stream of sample `index` (and of sub-stream `stream`, where a sample draws several)."""
@@ -45,6 +59,18 @@ class SeededDataset(Dataset):
     def oriented(self, patch: np.ndarray, index: int) -> np.ndarray:
         """`patch` (H x W x ...) under the rotation/flip of sample `index`; unchanged without augmentation."""
         return dihedral(patch, self.dihedral_k(index)) if self.augment else patch
+
+    def styled_sample(self, index: int, patch: np.ndarray, labels: np.ndarray, style: np.ndarray,
+                      meta: dict[str, Any]) -> dict[str, Any]:
+        """The sample of `index` from its unaugmented uint8 patch and labels: oriented, in [-1, 1], one-hot (of
+        the subclass's `num_classes`), with its style crops and meta."""
+        k = self.dihedral_k(index)
+        return {
+            "image": unit_range(dihedral(patch, k)),
+            "semantic": one_hot(np.ascontiguousarray(dihedral(labels, k)), self.num_classes),
+            "style": style,
+            "meta": meta,
+        }
 
     def wrap(self, index: int) -> int:
         """The item of stream position `index`: indices past the end wrap around (for endless samplers)."""

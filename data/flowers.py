@@ -36,8 +36,7 @@ from scipy.io import loadmat, savemat
 from scipy.io.matlab import MatReadError
 
 from data.annotations import DataError
-from data.base import SeededDataset, dihedral
-from data.region_patches import one_hot
+from data.base import SeededDataset
 from data.splits import pick_labelled
 from data.style_sampling import STYLE_MODES, augmented_crops, to_style_array
 
@@ -223,8 +222,7 @@ class Flowers(SeededDataset):
         self.tile_size = tile_size
         self.num_style = num_style
         self.style_mode = style_mode
-        self.augment = augment
-        self.seed = seed
+        super().__init__(augment, seed)
         self.style_scale = style_scale
         self.nearby_scale = nearby_scale
         self.pools: dict[tuple[str, str], list[str]] = {}
@@ -297,15 +295,7 @@ class Flowers(SeededDataset):
         unit = self.unit_of(index)
         patch, labels = self.layout(index)
         style = self.style_crops(unit, self.sample_rng(index, 1), content=patch)
-        k = self.dihedral_k(index)
-        patch, labels = dihedral(patch, k), dihedral(labels, k)
-        image = np.ascontiguousarray(patch.transpose(2, 0, 1), dtype=np.float32) / 127.5 - 1.0
-        return {
-            "image": image.astype(np.float32),
-            "semantic": one_hot(np.ascontiguousarray(labels), self.num_classes),
-            "style": style,
-            "meta": {"slide": unit, "x": 0, "y": 0},
-        }
+        return self.styled_sample(index, patch, labels, style, {"slide": unit, "x": 0, "y": 0})
 
 
 FAKE_COLOURS = ((220, 30, 30), (235, 215, 40), (150, 70, 235), (245, 245, 245), (240, 130, 20), (230, 90, 170))

@@ -6,14 +6,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.annotations import (
-    Annotation,
-    ClassMap,
-    DataError,
-    check_soft_mode,
-    normalise,
-    soft_from_votes,
-)
+from data.annotations import Annotation, ClassMap, DataError, check_soft_mode, normalise, soft_from_votes
 
 
 def _load(path: str | Path) -> tuple[dict[Any, dict], dict[Any, str], list[dict]]:

@@ -417,8 +417,7 @@ class LayoutPatches(SeededDataset):
                     f"{mask_path} of size {image_size(mask_path)}"
                 )
         self.maps = maps
-        self.augment = augment
-        self.seed = seed
+        super().__init__(augment, seed)
 
     def __len__(self) -> int:
         return len(self.names)

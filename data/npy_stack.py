@@ -115,8 +115,7 @@ class TileStack(SeededDataset):
                     f"tile stack {self.path}: no label for tiles {missing[:5]}{' ...' if len(missing) > 5 else ''}"
                 )
         self.split = split
-        self.augment = augment
-        self.seed = seed
+        super().__init__(augment, seed)
 
     def _stack(self) -> np.ndarray:
         return self.handle("stack", lambda: open_stack(self.path))

@@ -153,8 +153,7 @@ class PCamH5(SeededDataset):
         self.rows = keep.astype(np.int64)
         self.labels = all_labels[self.rows]
         self.split = split
-        self.augment = augment
-        self.seed = seed
+        super().__init__(augment, seed)
 
     def _images(self) -> h5py.Dataset:
         return self.handle("x", lambda: _open_h5(self.x_path))[H5_KEYS["x"]]
@@ -237,8 +236,7 @@ class PCamKaggle(SeededDataset):
         self.ids = chosen
         self.rows = np.array([entries[i][0] for i in chosen], dtype=np.int64)
         self.labels = np.array([entries[i][1] for i in chosen], dtype=np.int64)
-        self.augment = augment
-        self.seed = seed
+        super().__init__(augment, seed)
         self.window = centre_window(PATCH_SIZE, self.crop)
 
     def __len__(self) -> int:

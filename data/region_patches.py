@@ -31,7 +31,7 @@ import numpy as np
 import openslide
 
 from data.annotations import DataError
-from data.base import SeededDataset, dihedral
+from data.base import SeededDataset
 from data.regions import IGNORE, check_class_map, parse_class_map, read_region_polygons, region_classes, slide_mask
 from data.splits import pick_labelled
 from data.style_sampling import STYLE_MODES, TissueMap, read_crop, sample_style, to_style_array
@@ -240,11 +240,6 @@ def tissue_positions(
     return positions
 
 
-def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """uint8 H x W labels -> float32 K x H x W; labels outside 0..K-1 (ignored regions) are all zero."""
-    return (labels[None] == np.arange(num_classes)[:, None, None]).astype(np.float32)
-
-
 class RegionPatches(SeededDataset):
     """Patches at fixed positions (slide, x, y top-left at the slide's level) with their layout and style crops."""
 
@@ -268,8 +263,7 @@ class RegionPatches(SeededDataset):
         self.tile_size = tile_size
         self.num_style = num_style
         self.style_mode = style_mode
-        self.augment = augment
-        self.seed = seed
+        super().__init__(augment, seed)
         self.radius = radius
 
     def __len__(self) -> int:
@@ -323,12 +317,4 @@ class RegionPatches(SeededDataset):
         patch, labels = self.layout(item)
         cx, cy = self.centre(name, x, y)
         style = self.style_crops(name, self.sample_rng(index, 1), position=(cx, cy), content=patch)
-        k = self.dihedral_k(index)
-        patch, labels = dihedral(patch, k), dihedral(labels, k)
-        image = np.ascontiguousarray(patch.transpose(2, 0, 1), dtype=np.float32) / 127.5 - 1.0
-        return {
-            "image": image.astype(np.float32),
-            "semantic": one_hot(np.ascontiguousarray(labels), self.slides.num_classes),
-            "style": style,
-            "meta": {"slide": name, "x": int(cx), "y": int(cy)},
-        }
+        return self.styled_sample(index, patch, labels, style, {"slide": name, "x": int(cx), "y": int(cy)})

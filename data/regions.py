@@ -24,7 +24,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from data.annotations import DataError, normalise
-from data.sliderunner import _columns, _coordinates, _majority, _persons, _tables, _votes, open_readonly
+from data.sliderunner import (
+    _columns, _coordinates, _majority, _persons, _slides_and_classes, _tables, _votes, open_readonly,
+    sliderunner_classes,
+)
 
 POLYGON_TYPE = 3
 IGNORE = 255
@@ -51,9 +54,7 @@ def read_region_polygons(path: str | Path, slides: Iterable[str] | None = None) 
     con = open_readonly(source)
     try:
         tables = _tables(con)
-        slide_names = {uid: str(name) for uid, name in con.execute("SELECT uid, filename FROM Slides ORDER BY uid")}
-        classes = {uid: str(name) for uid, name in con.execute("SELECT uid, name FROM Classes ORDER BY uid")
-                   if name is not None}
+        slide_names, classes = _slides_and_classes(con)
         votes = _votes(con, tables, classes, _persons(con, tables), None)
         columns = _columns(con, "Annotations")
         agreed = "agreedClass" if "agreedClass" in columns else "NULL"
@@ -89,11 +90,7 @@ def read_region_polygons(path: str | Path, slides: Iterable[str] | None = None) 
 
 def region_classes(path: str | Path) -> list[str]:
     """Class names of the database, in database order."""
-    con = open_readonly(path)
-    try:
-        return [str(name) for (name,) in con.execute("SELECT name FROM Classes ORDER BY uid") if name is not None]
-    finally:
-        con.close()
+    return sliderunner_classes(path)
 
 
 def region_summary(path: str | Path) -> dict:

@@ -122,15 +122,21 @@ def _majority(votes: tuple[tuple[str, str], ...]) -> str | None:
     return Counter(name for _, name in votes).most_common(1)[0][0]
 
 
+def _slides_and_classes(con: sqlite3.Connection) -> tuple[dict[int, str], dict[int, str]]:
+    """Slide filenames and the (non-null) class names of an open database, by uid."""
+    slides = {uid: str(name) for uid, name in con.execute("SELECT uid, filename FROM Slides ORDER BY uid")}
+    classes = {uid: str(name) for uid, name in con.execute("SELECT uid, name FROM Classes ORDER BY uid")
+               if name is not None}
+    return slides, classes
+
+
 def _load(path: str | Path, annotators: Sequence[str] | None = None) -> tuple[list[str], list[str], list[_Record]]:
     """Slide filenames, class names and the non-deleted annotations of one database."""
     source = Path(path)
     con = open_readonly(source)
     try:
         tables = _tables(con)
-        slides = {uid: str(name) for uid, name in con.execute("SELECT uid, filename FROM Slides ORDER BY uid")}
-        classes = {uid: str(name) for uid, name in con.execute("SELECT uid, name FROM Classes ORDER BY uid")
-                   if name is not None}
+        slides, classes = _slides_and_classes(con)
         persons = _persons(con, tables)
         wanted = _wanted_persons(persons, annotators, source)
         votes = _votes(con, tables, classes, persons, wanted)

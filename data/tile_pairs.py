@@ -162,9 +162,8 @@ class TilePairs(SeededDataset):
             raise DataError("no tile pairs")
         self.pairs = list(pairs)
         self.num_classes = num_classes
-        self.augment = augment
+        super().__init__(augment, seed)
         self.stain_augment = stain_augment
-        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -208,7 +207,7 @@ class MixedTilePairs(SeededDataset):
         self.sources = list(sources)
         self.ratios = [float(r) for r in ratios]
         self.batch_size = batch_size
-        self.seed = seed
+        super().__init__(seed=seed)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)

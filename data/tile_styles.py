@@ -23,8 +23,7 @@ import numpy as np
 from PIL import Image
 
 from data.annotations import DataError
-from data.base import SeededDataset, dihedral
-from data.region_patches import one_hot
+from data.base import SeededDataset
 from data.splits import pick_labelled
 from data.style_sampling import STYLE_MODES, augmented_crops, to_style_array
 from data.tile_pairs import TilePair, read_pair, tile_size_of
@@ -85,8 +84,7 @@ class TileStyles(SeededDataset):
         self.num_classes = num_classes
         self.num_style = num_style
         self.style_mode = style_mode
-        self.augment = augment
-        self.seed = seed
+        super().__init__(augment, seed)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -154,12 +152,4 @@ class TileStyles(SeededDataset):
         pair = self.items[self.wrap(index)]
         patch, labels = self.layout(index)
         style = self.style_crops(pair.slide, self.sample_rng(index, 1), content=patch, tile=pair.name)
-        k = self.dihedral_k(index)
-        patch, labels = dihedral(patch, k), dihedral(labels, k)
-        image = np.ascontiguousarray(patch.transpose(2, 0, 1), dtype=np.float32) / 127.5 - 1.0
-        return {
-            "image": image.astype(np.float32),
-            "semantic": one_hot(np.ascontiguousarray(labels), self.num_classes),
-            "style": style,
-            "meta": {"slide": pair.slide, "x": 0, "y": 0},
-        }
+        return self.styled_sample(index, patch, labels, style, {"slide": pair.slide, "x": 0, "y": 0})

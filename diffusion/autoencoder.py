@@ -49,7 +49,30 @@ def _middle(channels: int) -> nn.Sequential:
     )
 
 
-class Encoder(nn.Module):
+def _checked_mults(channel_mult: Sequence[int], **sizes: int) -> tuple[int, ...]:
+    """The checked channel multipliers, after checking that every size in `sizes` is a positive int."""
+    for name, value in sizes.items():
+        positive_int(name, value)
+    return channel_multipliers("channel_mult", channel_mult)
+
+
+def _res_blocks(width: int, out_width: int, count: int) -> list[nn.Module]:
+    """`count` residual blocks, the first from `width` to `out_width` channels, the others keeping `out_width`."""
+    return [ResidualBlock(width if i == 0 else out_width, out_width) for i in range(count)]
+
+
+class _Stack(nn.Module):
+    """What Encoder and Decoder share: the output head GroupNorm -> SiLU -> 3x3 conv."""
+
+    def _add_head(self, width: int, out_channels: int) -> None:
+        self.norm_out = group_norm(width)
+        self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
+
+    def _head(self, h: Tensor) -> Tensor:
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Encoder(_Stack):
     """Image (B, in_channels, H, W) -> features (B, out_channels, H/f, W/f), f = 2 ** (len(channel_mult) - 1)."""
 
     def __init__(
@@ -61,25 +84,21 @@ class Encoder(nn.Module):
         out_channels: int = 4,
     ) -> None:
         super().__init__()
-        for name, value in [("in_channels", in_channels), ("channels", channels),
-                            ("num_res_blocks", num_res_blocks), ("out_channels", out_channels)]:
-            positive_int(name, value)
-        mults = channel_multipliers("channel_mult", channel_mult)
+        mults = _checked_mults(channel_mult, in_channels=in_channels, channels=channels,
+                               num_res_blocks=num_res_blocks, out_channels=out_channels)
         self.in_channels = in_channels
         self.downsample_factor = 2 ** (len(mults) - 1)
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         layers: list[nn.Module] = []
         width = channels
         for level, mult in enumerate(mults):
-            for _ in range(num_res_blocks):
-                layers.append(ResidualBlock(width, channels * mult))
-                width = channels * mult
+            layers += _res_blocks(width, channels * mult, num_res_blocks)
+            width = channels * mult
             if level < len(mults) - 1:
                 layers.append(Downsample(width))
         self.down = nn.Sequential(*layers)
         self.middle = _middle(width)
-        self.norm_out = group_norm(width)
-        self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
+        self._add_head(width, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -89,11 +108,10 @@ class Encoder(nn.Module):
                 f"x height and width must be divisible by the downsampling factor {self.downsample_factor}, "
                 f"got {tuple(x.shape[2:])}"
             )
-        h = self.middle(self.down(self.conv_in(x)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self._head(self.middle(self.down(self.conv_in(x))))
 
 
-class Decoder(nn.Module):
+class Decoder(_Stack):
     """Latent (B, in_channels, h, w) -> image (B, out_channels, h*f, w*f), mirroring Encoder."""
 
     def __init__(
@@ -105,10 +123,8 @@ class Decoder(nn.Module):
         in_channels: int = 4,
     ) -> None:
         super().__init__()
-        for name, value in [("out_channels", out_channels), ("channels", channels),
-                            ("num_res_blocks", num_res_blocks), ("in_channels", in_channels)]:
-            positive_int(name, value)
-        mults = channel_multipliers("channel_mult", channel_mult)
+        mults = _checked_mults(channel_mult, out_channels=out_channels, channels=channels,
+                               num_res_blocks=num_res_blocks, in_channels=in_channels)
         self.in_channels = in_channels
         self.upsample_factor = 2 ** (len(mults) - 1)
         width = channels * mults[-1]
@@ -116,20 +132,17 @@ class Decoder(nn.Module):
         self.middle = _middle(width)
         layers: list[nn.Module] = []
         for level in reversed(range(len(mults))):
-            for _ in range(num_res_blocks + 1):
-                layers.append(ResidualBlock(width, channels * mults[level]))
-                width = channels * mults[level]
+            layers += _res_blocks(width, channels * mults[level], num_res_blocks + 1)
+            width = channels * mults[level]
             if level > 0:
                 layers.append(Upsample(width))
         self.up = nn.Sequential(*layers)
-        self.norm_out = group_norm(width)
-        self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
+        self._add_head(width, out_channels)
 
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() != 4 or z.shape[1] != self.in_channels:
             raise ValueError(f"z must have shape (B, {self.in_channels}, h, w), got {tuple(z.shape)}")
-        h = self.up(self.middle(self.conv_in(z)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self._head(self.up(self.middle(self.conv_in(z))))
 
 
 class _Autoencoder(nn.Module):

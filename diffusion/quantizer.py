@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from diffusion.network_inputs import positive_int
+
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -46,9 +48,8 @@ class VectorQuantizer(nn.Module):
         use_ema: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in [("codebook_size", codebook_size), ("dim", dim)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        positive_int("codebook_size", codebook_size)
+        positive_int("dim", dim)
         if commitment_weight < 0:
             raise ValueError(f"commitment_weight must be >= 0, got {commitment_weight}")
         if not 0.0 <= ema_decay < 1.0:

@@ -12,6 +12,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torchvision import models
 
+from common.checkpoint import load_local_weights
 from diffusion.conditioning import ConditionEmbedding
 from diffusion.network_inputs import positive_int
 
@@ -54,14 +55,8 @@ class StyleEncoder(nn.Module):
     def load_backbone(self, path: str | Path) -> None:
         """A local torchvision state dict of the backbone (its classification head is left out)."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"--style_encoder_weights: file {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier.", "head."))}
-            missing, unexpected = self.backbone.load_state_dict(state, strict=False)
-        except (RuntimeError, AttributeError, OSError) as err:
-            raise ValueError(f"--style_encoder_weights {path} does not fit the style encoder: {err}") from None
+        missing, unexpected = load_local_weights(self.backbone, path, "style_encoder_weights",
+                                                 ("fc.", "classifier.", "head."), "does not fit the style encoder")
         if unexpected or missing:
             raise ValueError(f"--style_encoder_weights {path} does not fit the style encoder: "
                              f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")

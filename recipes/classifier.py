@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+from common.checkpoint import load_local_weights
 from common.errors import ConfigError
 from common.options import Option
 from data.families import WSI_DATASETS
@@ -39,14 +40,8 @@ class ResNetClassifier(nn.Module):
     def load_pretrained(self, path: str | Path) -> None:
         """Load an ImageNet (torchvision) state dict from a local file; the 1000-class head is left out."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"--pretrained_weights: file {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            missing, unexpected = self.backbone.load_state_dict(state, strict=False)
-        except (RuntimeError, AttributeError, OSError) as err:
-            raise ValueError(f"--pretrained_weights {path} is not a {self.arch} state dict: {err}") from None
+        missing, unexpected = load_local_weights(self.backbone, path, "pretrained_weights", ("fc.",),
+                                                 f"is not a {self.arch} state dict")
         if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
             raise ValueError(
                 f"--pretrained_weights {path} does not fit {self.arch}: missing {sorted(missing)[:5]}, "

@@ -19,7 +19,7 @@ from common.files import staged_folder, write_csv_atomic
 from tqdm import tqdm
 from common.options import Option, flag_bool
 from data.families import STYLE_DATASETS
-from data.region_patches import one_hot
+from data.base import one_hot
 from data.style_sources import PAIRINGS, StyleSource, TileLayouts, dataset_styles, folder_styles, pair_styles
 from diffusion import sampling
 from diffusion.gaussian_diffusion import GaussianDiffusion

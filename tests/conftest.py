@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from data.synthetic import SyntheticConfig, generate_synthetic_dataset
@@ -47,3 +48,13 @@ def tiny_config(synthetic_root: Path, out_dir: Path, **overrides) -> list[str]:
     for key, value in args.items():
         out += [f"--{key}", str(value)]
     return out
+
+
+def check_styled_item(item: dict, num_classes: int, num_style: int, size: int) -> None:
+    """Assert the styled-sample contract: float32 image and style crops in [-1, 1], a one-hot float32 mask."""
+    assert item["image"].shape == (3, size, size) and item["image"].dtype == np.float32
+    assert item["semantic"].shape == (num_classes, size, size) and item["semantic"].dtype == np.float32
+    assert item["style"].shape == (num_style, 3, size, size) and item["style"].dtype == np.float32
+    for key in ("image", "style"):
+        assert -1.0 <= item[key].min() and item[key].max() <= 1.0
+    assert np.array_equal(item["semantic"].sum(0), np.ones((size, size)))

@@ -58,6 +58,13 @@ def distance_to_nearest_point(samples: torch.Tensor, points: torch.Tensor) -> tu
     return distances.min(dim=1)
 
 
+def assert_lands_on_data_points(samples: torch.Tensor) -> None:
+    """Every sample sits on one of DATA_POINTS, and they do not all pick the same one."""
+    distance, nearest = distance_to_nearest_point(samples, DATA_POINTS)
+    assert distance.max().item() < 1e-3
+    assert len(set(nearest.tolist())) >= 2
+
+
 # -- schedules ----------------------------------------------------------------------------------------
 
 
@@ -335,9 +342,7 @@ def test_ddpm_with_oracle_lands_on_the_data_points() -> None:
     x_T = torch.randn(12, 1, 2, 2, generator=torch.Generator().manual_seed(8))
     model_fn = oracle_model(diffusion, DATA_POINTS, "eps")
     samples = ddpm_sample(diffusion, model_fn, x_T, generator=torch.Generator().manual_seed(9))
-    distance, nearest = distance_to_nearest_point(samples, DATA_POINTS)
-    assert distance.max().item() < 1e-3
-    assert len(set(nearest.tolist())) >= 2
+    assert_lands_on_data_points(samples)
 
 
 def test_respaced_ddpm_with_oracle_lands_on_the_data_points() -> None:
@@ -346,9 +351,7 @@ def test_respaced_ddpm_with_oracle_lands_on_the_data_points() -> None:
     x_T = torch.randn(12, 1, 2, 2, generator=torch.Generator().manual_seed(10))
     model_fn = oracle_model(diffusion, DATA_POINTS, "v")
     samples = ddpm_sample(respaced, model_fn, x_T, generator=torch.Generator().manual_seed(11))
-    distance, nearest = distance_to_nearest_point(samples, DATA_POINTS)
-    assert distance.max().item() < 1e-3
-    assert len(set(nearest.tolist())) >= 2
+    assert_lands_on_data_points(samples)
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -357,9 +360,7 @@ def test_ddim_with_oracle_lands_on_the_data_points(eta: float) -> None:
     x_T = torch.randn(12, 1, 2, 2, generator=torch.Generator().manual_seed(12))
     model_fn = oracle_model(diffusion, DATA_POINTS, "x0")
     samples = ddim_sample(diffusion, model_fn, x_T, steps=50, eta=eta, generator=torch.Generator().manual_seed(13))
-    distance, nearest = distance_to_nearest_point(samples, DATA_POINTS)
-    assert distance.max().item() < 1e-3
-    assert len(set(nearest.tolist())) >= 2
+    assert_lands_on_data_points(samples)
 
 
 def test_ddim_eta0_recovers_a_single_data_point_exactly() -> None:

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
+from conftest import check_styled_item
 from data.annotations import DataError
 from data.flowers import FAKE_COLOURS, Flowers, foreground, open_flowers, write_fake_flowers
 from data.splits import pick_labelled
@@ -34,12 +35,7 @@ def copy_root(fake_root: Path, tmp_path: Path) -> Path:
 
 def test_item_shapes_and_ranges(train):
     item = train[5]
-    assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == np.float32
-    assert item["semantic"].shape == (2, SIZE, SIZE) and item["semantic"].dtype == np.float32
-    assert item["style"].shape == (3, 3, SIZE, SIZE) and item["style"].dtype == np.float32
-    for key in ("image", "style"):
-        assert -1.0 <= item[key].min() and item[key].max() <= 1.0
-    assert np.array_equal(item["semantic"].sum(0), np.ones((SIZE, SIZE)))
+    check_styled_item(item, num_classes=2, num_style=3, size=SIZE)
     assert item["meta"] == {"slide": train.unit_of(5), "x": 0, "y": 0}
     assert train.num_classes == 2
     image, labels = train.layout(5)

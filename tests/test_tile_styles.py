@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import check_styled_item
 from data.annotations import DataError
 from data.tile_pairs import list_pairs, read_pair, write_demo_tile_pairs
 from data.tile_styles import NEARBY_REFUSED, TileStyles
@@ -28,12 +29,7 @@ def tiles(folder) -> TileStyles:
 def test_items_follow_the_contract(tiles):
     assert len(tiles) == 12 and tiles.tile_size == SIZE
     item = tiles[4]
-    assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == np.float32
-    assert item["semantic"].shape == (2, SIZE, SIZE) and item["semantic"].dtype == np.float32
-    assert item["style"].shape == (2, 3, SIZE, SIZE) and item["style"].dtype == np.float32
-    for key in ("image", "style"):
-        assert -1.0 <= item[key].min() and item[key].max() <= 1.0
-    assert np.array_equal(item["semantic"].sum(0), np.ones((SIZE, SIZE)))
+    check_styled_item(item, num_classes=2, num_style=2, size=SIZE)
     assert item["meta"] == {"slide": "slide1", "x": 0, "y": 0} and tiles.unit_of(4) == "slide1"
     image, labels = tiles.layout(4)
     assert labels.dtype == np.uint8 and np.array_equal(labels, read_pair(tiles.items[4], 2)[1])
