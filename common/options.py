@@ -92,10 +92,8 @@ class OptionTable:
             for opt in options:
                 default = "" if opt.default is None else f" (default: {opt.default})"
                 names = [f"--{opt.name}", *(f"--{a}" for a in opt.aliases)]
-                if opt.kind is flag_bool and opt.default is not False:
+                if opt.kind is flag_bool:
                     group.add_argument(*names, dest=opt.name, action=argparse.BooleanOptionalAction, help=opt.help + default)
-                elif opt.kind is flag_bool:
-                    group.add_argument(*names, dest=opt.name, action="store_const", const=True, help=opt.help)
                 else:
                     group.add_argument(*names, dest=opt.name, type=str, help=opt.help + default, metavar=opt.name.upper())
         return parser
@@ -148,7 +146,7 @@ class OptionTable:
                 lines.append("| `--config` |  | YAML file of options (keys are flag names); flags override it |")
             for opt in options:
                 flag = f"`--{opt.name}`"
-                if opt.kind is flag_bool and opt.default is not False:
+                if opt.kind is flag_bool:
                     flag += f" / `--no-{opt.name}`"
                 flag += "".join(f" (`--{a}`)" for a in opt.aliases)
                 default = "" if opt.default is None else (",".join(map(str, opt.default)) if isinstance(opt.default, list) else opt.default)

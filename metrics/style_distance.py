@@ -1,4 +1,5 @@
-"""Style adherence of style-extracting diffusion (STEDM) output: colour distance of each tile to its style crops.
+"""Style adherence of style-extracting diffusion (STEDM) output: colour distance of each tile to the stain of its
+style slide and to that of its layout's slide.
 
 Convention: colours are CIELAB from `skimage.color.rgb2lab` applied to the 8-bit RGB image divided by 255
 (sRGB, illuminant D65, 2-degree observer, skimage's defaults). A set of images is summarised by its mean
@@ -6,17 +7,22 @@ L*a*b*: the mean over all of its pixels of the per-pixel L*a*b* values (not the 
 every pixel of every image in the set weighted equally. Distances are CIE76 Delta E: the Euclidean distance
 between two mean L*a*b* colours.
 
+Reference colour of a unit (a slide): the mean L*a*b* over every image of that unit in the folder, i.e. the style
+crops drawn from it and the real patches whose layouts came from it. Both are tissue crops at random positions of
+the slide, so a reference is the slide's stain, not the colour of one patch's content (a tumour patch is darker
+than a stroma patch of the same slide).
+
 Per generated tile (one row of the generator's samples.csv):
-  d_style  = Delta E between the tile's mean L*a*b* and the mean L*a*b* of all pixels of its style crops;
-  d_layout = Delta E between the tile's mean L*a*b* and that of the real patch its layout came from
-             (undefined when the row has no layout file).
+  d_style  = Delta E between the tile's mean L*a*b* and the reference of its style unit(s) (pooled when several);
+  d_layout = Delta E between the tile's mean L*a*b* and the reference of its layout unit (undefined when the
+             folder holds no image of that unit).
 A tile whose style units all equal its layout unit is "same-source": its style and layout share a slide, so
 nothing tells which one it follows, and it is left out of `closer_to_style`.
 
 Summary: `style_distance` is the mean d_style over all tiles, `layout_distance` the mean d_layout over tiles with
-a layout file, `closer_to_style` the share of cross-source tiles with a layout file whose d_style < d_layout
-(strictly; None when there are none), `style_rows` the number of tiles; `layout_rows` and `cross_source_rows`
-count the tiles behind `layout_distance` and `closer_to_style`.
+a defined d_layout, `closer_to_style` the share of cross-source tiles with d_style < d_layout (strictly; None when
+there are none), `style_rows` the number of tiles; `layout_rows` and `cross_source_rows` count the tiles behind
+`layout_distance` and `closer_to_style`.
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ COLUMNS = ("file", "layout_unit", "style_units", "style_files", "layout_file")
 
 @dataclass(frozen=True)
 class StyleRow:
-    """The distances of one generated tile to its style crops and to its real layout patch."""
+    """The distances of one generated tile to the references of its style unit(s) and of its layout unit."""
 
     file: str
     layout_unit: str
@@ -112,8 +118,20 @@ def read_rgb(path: Path, where: str) -> np.ndarray:
         raise DataError(f"{where}: {path} is not a readable image ({err})") from None
 
 
-def score_row(folder: Path, row: dict[str, str], where: str) -> StyleRow:
-    """Distances of one samples.csv row's tile to its style crops and layout patch."""
+@dataclass(frozen=True)
+class SampleRow:
+    """One samples.csv row: the tile, its layout unit and real patch, its style crops and their units."""
+
+    where: str
+    file: str
+    layout_unit: str
+    layout_file: str
+    style_units: tuple[str, ...]
+    style_files: tuple[str, ...]
+
+
+def parse_row(row: dict[str, str], where: str) -> SampleRow:
+    """A samples.csv row, checked (DataError naming the line)."""
     style_files, style_units = split_list(row["style_files"]), split_list(row["style_units"])
     if not style_files:
         raise DataError(f"{where}: style_files is empty (expected ';'-joined file names of the style crops)")
@@ -121,11 +139,36 @@ def score_row(folder: Path, row: dict[str, str], where: str) -> StyleRow:
         raise DataError(f"{where}: {len(style_units)} style_units for {len(style_files)} style_files (expected one unit per crop)")
     if not (row["file"] or "").strip():
         raise DataError(f"{where}: file is empty (expected the generated tile, e.g. img_00000.png)")
-    tile = mean_lab([read_rgb(folder / row["file"].strip(), where)])
-    style = mean_lab([read_rgb(folder / name, where) for name in style_files])
-    layout_file = (row["layout_file"] or "").strip()
-    d_layout = delta_e(tile, mean_lab([read_rgb(folder / layout_file, where)])) if layout_file else None
-    return StyleRow(row["file"].strip(), (row["layout_unit"] or "").strip(), tuple(style_units), delta_e(tile, style), d_layout)
+    return SampleRow(where, row["file"].strip(), (row["layout_unit"] or "").strip(), (row["layout_file"] or "").strip(),
+                     tuple(style_units), tuple(style_files))
+
+
+def unit_references(folder: Path, rows: Sequence[SampleRow]) -> dict[str, np.ndarray]:
+    """Reference mean L*a*b* of every unit: over all its style crops and real layout patches in the folder."""
+    sums: dict[str, list] = {}
+    for row in rows:
+        images = list(zip(row.style_units, row.style_files))
+        if row.layout_file:
+            images.append((row.layout_unit, row.layout_file))
+        for unit, name in images:
+            total, count = lab_sum(read_rgb(folder / name, row.where))
+            entry = sums.setdefault(unit, [np.zeros(3), 0])
+            entry[0] = entry[0] + total
+            entry[1] += count
+    return {unit: total / count for unit, (total, count) in sums.items()}
+
+
+def pooled(references: dict[str, np.ndarray], units: Sequence[str]) -> np.ndarray:
+    """The mean of the references of the given units, one per crop."""
+    return np.mean([references[unit] for unit in units], axis=0)
+
+
+def score_row(folder: Path, row: SampleRow, references: dict[str, np.ndarray]) -> StyleRow:
+    """Distances of one tile to the references of its style units and of its layout unit."""
+    tile = mean_lab([read_rgb(folder / row.file, row.where)])
+    layout = references.get(row.layout_unit)
+    d_layout = delta_e(tile, layout) if layout is not None and row.layout_unit else None
+    return StyleRow(row.file, row.layout_unit, row.style_units, delta_e(tile, pooled(references, row.style_units)), d_layout)
 
 
 def read_style_distances(folder: str | Path, limit: int | None = None, flag: str = "--fake") -> list[StyleRow]:
@@ -139,4 +182,6 @@ def read_style_distances(folder: str | Path, limit: int | None = None, flag: str
     if not rows:
         raise DataError(f"{flag} {csv_path}: no rows (expected one row per generated tile)")
     rows = rows[:limit] if limit else rows
-    return [score_row(folder, row, f"{csv_path}, line {line}") for line, row in enumerate(rows, start=2)]
+    parsed = [parse_row(row, f"{csv_path}, line {line}") for line, row in enumerate(rows, start=2)]
+    references = unit_references(folder, parsed)
+    return [score_row(folder, row, references) for row in parsed]

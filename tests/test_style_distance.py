@@ -77,20 +77,38 @@ def test_uniform_colours_give_the_delta_e_of_skimage():
     assert delta_e(mean_lab([uniform(TILE)]), mean_lab([uniform(STYLE_A), uniform(STYLE_B)])) == pytest.approx(expected)
 
 
-def test_folder_distances_and_same_source_exclusion(stedm_folder):
+def test_folder_distances_use_slide_references_and_exclude_same_source(stedm_folder):
+    """References pool every image of a unit in the folder: its style crops and the real patches of its layouts."""
     rows = read_style_distances(stedm_folder)
-    d = lambda a, b: float(np.linalg.norm(a - b))
-    assert rows[0].d_style == pytest.approx(d(lab(TILE), (lab(STYLE_A) + lab(STYLE_B)) / 2))
-    assert rows[0].d_layout == pytest.approx(d(lab(TILE), lab(LAYOUT)))
-    assert rows[0].d_style < rows[0].d_layout and rows[1].d_style > rows[1].d_layout
-    assert rows[2].d_style < rows[2].d_layout and rows[2].same_source and not rows[0].same_source
-    assert rows[3].d_layout is None
+    ref = {"slide_1": mean_lab([uniform(LAYOUT), uniform(STYLE_A), uniform(STYLE_A)]),
+           "slide_2": mean_lab([uniform(STYLE_A), uniform((225, 195, 205))]),
+           "slide_3": mean_lab([uniform(STYLE_B), uniform(STYLE_B), uniform(LAYOUT)])}
+    tile = lab(TILE)
+    assert rows[0].d_style == pytest.approx(delta_e(tile, (ref["slide_2"] + ref["slide_3"]) / 2))
+    assert rows[0].d_layout == pytest.approx(delta_e(tile, ref["slide_1"]))
+    assert rows[1].d_style == pytest.approx(delta_e(lab(LAYOUT), ref["slide_1"]))
+    assert rows[1].d_layout == pytest.approx(delta_e(lab(LAYOUT), ref["slide_2"]))
+    assert rows[2].d_style == pytest.approx(rows[2].d_layout) and rows[2].same_source and not rows[0].same_source
+    assert rows[3].d_layout is None  # slide_4 has no image in the folder
     summary = summarize(rows)
-    assert summary["closer_to_style"] == pytest.approx(0.5)
+    cross = [r for r in rows if r.d_layout is not None and not r.same_source]
+    assert summary["closer_to_style"] == pytest.approx(np.mean([r.d_style < r.d_layout for r in cross]))
     assert summary["style_rows"] == 4 and summary["layout_rows"] == 3 and summary["cross_source_rows"] == 2
     assert summary["style_distance"] == pytest.approx(np.mean([r.d_style for r in rows]))
     assert summary["layout_distance"] == pytest.approx(np.mean([r.d_layout for r in rows[:3]]))
     assert is_same_source("a", ["a", "a"]) and not is_same_source("a", ["a", "b"]) and not is_same_source("a", [])
+
+
+def test_a_tile_in_its_style_slides_stain_is_closer_to_it_whatever_its_content(tmp_path):
+    """A dark (tumour-like) tile in slide B's stain: its own layout patch of slide A is dark too, but slide A's
+    reference pools A's pale patches, so the tile counts as following its style."""
+    folder = tmp_path / "content"
+    dark_a, pale_a, dark_b, pale_b, tile = (140, 75, 135), (245, 225, 235), (120, 40, 110), (200, 110, 170), (150, 80, 140)
+    rows = [write_sample(folder, 0, tile, [dark_b, pale_b], dark_a, "A", ["B", "B"]),
+            write_sample(folder, 1, pale_a, [dark_b], pale_a, "A", ["B"])]
+    write_samples_csv(folder, rows)
+    first = read_style_distances(folder)[0]
+    assert delta_e(lab(tile), lab(dark_a)) < first.d_style < first.d_layout  # its own patch alone would say "layout"
 
 
 def test_no_cross_source_rows_give_no_fraction(tmp_path):
