@@ -76,9 +76,10 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise DataError(f"--runs were scored on different test sets: {sorted({r['test_dir'] for r in rows})}")
     write_csv_atomic(out, COLUMNS, rows)
     plot(rows, picture)
-    print(f"{'run':<14}{'IoU':>8}{'Dice':>8}{'slide IoU':>11}{'slide var':>11}{'tiles':>7}{'slides':>7}")
+    width = max(len("run"), *(len(r["run"]) for r in rows)) + 2
+    print(f"{'run':<{width}}{'IoU':>8}{'Dice':>8}{'slide IoU':>11}{'slide var':>11}{'tiles':>7}{'slides':>7}")
     for r in rows:
-        print(f"{r['run']:<14}{r['iou']:>8.4f}{r['dice']:>8.4f}{r['slide_iou_mean']:>11.4f}{r['slide_iou_var']:>11.5f}{r['tiles']:>7}{r['slides']:>7}")
+        print(f"{r['run']:<{width}}{r['iou']:>8.4f}{r['dice']:>8.4f}{r['slide_iou_mean']:>11.4f}{r['slide_iou_var']:>11.5f}{r['tiles']:>7}{r['slides']:>7}")
     print(f"test set {rows[0]['test_dir']}; table {out}, plot {picture}")
     return rows
 
