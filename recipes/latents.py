@@ -40,9 +40,13 @@ def sample_tiles(
     """`count` tiles in [-1, 1] (labels: one class or cluster id per tile, or None for an unconditional model,
     which is sampled without guidance).
 
-    Works for pixel-space models and for latent diffusion, whose samples are decoded by its autoencoder.
+    Works for pixel-space models and for latent diffusion, whose samples are decoded by its autoencoder; latents
+    are sampled without clipping the predicted x0 (scaled latents have unit variance, not the range [-1, 1]).
     x_T and then the per-step noise come from `generator`.
     """
+    latent = isinstance(model, LatentDiffusion)
+    if latent:
+        spec = replace(spec, clip_x0=False)
     unet = model.config
     shape = (count, unet["in_channels"], unet["image_size"], unet["image_size"])
     z_T = torch.randn(shape, generator=generator, device=generator.device).to(device)
@@ -50,7 +54,7 @@ def sample_tiles(
     if labels is None:
         spec = replace(spec, cfg_scale=1.0)
     z = sample(model, diffusion, z_T, cond, spec, generator=generator, callback=callback)
-    decoded = model.decode(z) if isinstance(model, LatentDiffusion) else z
+    decoded = model.decode(z) if latent else z
     return decoded.float().clamp(-1, 1).cpu()
 
 
