@@ -1,5 +1,9 @@
 """SSIM and multi-scale SSIM of image batches in [-1, 1], and per-pair scoring over real and generated sets.
 
+Images are passed in the toolkit's range [-1, 1] and scored in [0, 1] with data range 1, the standard convention
+(SSIM's luminance term is not shift-invariant, so scoring [-1, 1] with data range 2 gives other numbers): the
+result equals scikit-image's `structural_similarity` on the uint8 images with `data_range=255`.
+
 Settings (those of Wang et al. 2004 and of scikit-image's `structural_similarity` with `gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False`): local statistics are weighted by a Gaussian of sigma 1.5 truncated at
 3.5 sigma (11 taps), images are extended by mirroring at the border (scipy's "reflect", the edge pixel repeated),
@@ -64,13 +68,20 @@ def _check_pair(x: Tensor, y: Tensor, win_size: int) -> None:
         raise ValueError(f"win_size: expected an odd number >= 3, got {win_size}")
 
 
-def _ssim_terms(x: Tensor, y: Tensor, win_size: int, data_range: float) -> tuple[Tensor, Tensor]:
-    """Per-channel means over the cropped maps of luminance * contrast-structure and of contrast-structure, (B, C)."""
+def unit_range(images: Tensor) -> Tensor:
+    """Images in [-1, 1] mapped to [0, 1], the range SSIM is scored in (data range 1)."""
+    return (images + 1.0) * 0.5
+
+
+def _ssim_terms(x: Tensor, y: Tensor, win_size: int) -> tuple[Tensor, Tensor]:
+    """Per-channel means over the cropped maps of luminance * contrast-structure and of contrast-structure, (B, C),
+    of images in [0, 1]."""
     h, w = x.shape[-2:]
     if min(h, w) < win_size:
         raise DataError(f"images of {h}x{w} px are smaller than the {win_size} px SSIM window")
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     x, y = x.to(compute), y.to(compute)
+    data_range = 1.0
     taps = gaussian_taps()
     batch = x.shape[0]
     stats = _gaussian_filter(torch.cat([x, y, x * x, y * y, x * y]), taps).split(batch)
@@ -89,14 +100,14 @@ def _ssim_terms(x: Tensor, y: Tensor, win_size: int, data_range: float) -> tuple
     return full, cs
 
 
-def ssim(x: Tensor, y: Tensor, win_size: int = 7, data_range: float = 2.0) -> Tensor:
-    """SSIM of each pair of images in two (B, C, H, W) batches in [-1, 1], as a float64 Tensor[B].
+def ssim(x: Tensor, y: Tensor, win_size: int = 7) -> Tensor:
+    """SSIM of each pair of images in two (B, C, H, W) batches in [-1, 1], as a float64 Tensor[B], scored in [0, 1].
 
-    Equals scikit-image's `structural_similarity(a, b, channel_axis=-1, data_range=2, gaussian_weights=True,
-    sigma=1.5, use_sample_covariance=False, win_size=win_size)` on the same images (see the module docstring).
+    Equals scikit-image's `structural_similarity(a, b, channel_axis=-1, data_range=255, gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False, win_size=win_size)` on the uint8 images (see the module docstring).
     """
     _check_pair(x, y, win_size)
-    full, _ = _ssim_terms(x, y, win_size, data_range)
+    full, _ = _ssim_terms(unit_range(x), unit_range(y), win_size)
     return full.mean(1)
 
 
@@ -113,10 +124,10 @@ def ms_ssim(
     y: Tensor,
     scales: int | None = None,
     win_size: int = MS_SSIM_DEFAULT_WINDOW,
-    data_range: float = 2.0,
     weights: tuple[float, ...] | None = None,
 ) -> Tensor:
-    """Multi-scale SSIM of each pair of images in two (B, C, H, W) batches in [-1, 1], as a float64 Tensor[B].
+    """Multi-scale SSIM of each pair of images in two (B, C, H, W) batches in [-1, 1], as a float64 Tensor[B],
+    scored in [0, 1] with data range 1.
 
     Scale 1 is the image itself and each further scale halves it by 2x2 average pooling. Contrast-structure
     enters at every scale and luminance at the coarsest only; each term is clamped at 0 before its weight is
@@ -144,8 +155,9 @@ def ms_ssim(
         raise ValueError(f"ms_ssim: weights must be {scales} non-negative numbers with a positive sum, got {weights}")
     total = math.fsum(weights)
     terms = []
+    x, y = unit_range(x), unit_range(y)
     for scale in range(scales):
-        full, cs = _ssim_terms(x, y, win_size, data_range)
+        full, cs = _ssim_terms(x, y, win_size)
         terms.append(full if scale == scales - 1 else cs)
         if scale < scales - 1:
             x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)

@@ -7,12 +7,12 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage.metrics import structural_similarity
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from diffusion.discriminator import adaptive_weight, generator_adv_loss, hinge_d_loss
 from diffusion.gaussian_diffusion import GaussianDiffusion
+from metrics.structural import ssim
 from common.figures import labelled_grid
 
 VALIDATION_SEED = 1234
@@ -135,9 +135,9 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def ssim_batch(x: torch.Tensor, y: torch.Tensor) -> list[float]:
-    """scikit-image SSIM of each pair of images in [-1, 1] (on 8-bit values, colour channels last)."""
-    to_uint8 = lambda t: ((t.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return [float(structural_similarity(to_uint8(a), to_uint8(b), channel_axis=-1, data_range=255)) for a, b in zip(x, y)]
+    """SSIM of each pair of images in [-1, 1] with the settings of tools.evaluate (metrics.structural.ssim: Gaussian
+    window sigma 1.5, 7 px border strip, population statistics, scored in [0, 1])."""
+    return ssim(x.float().clamp(-1, 1), y.float().clamp(-1, 1)).tolist()
 
 
 class AutoencoderTask(Task):

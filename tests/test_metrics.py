@@ -41,19 +41,22 @@ def structured_images(n: int, size: int, seed: int) -> torch.Tensor:
     return torch.stack(images)
 
 
-def skimage_ssim(x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
+    return ((images.double() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def from_uint8(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, C) uint8 -> (B, C, H, W) float64 in [-1, 1], the toolkit's range."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).double() / 127.5 - 1.0
+
+
+def skimage_ssim(x: np.ndarray, y: np.ndarray, **kwargs) -> torch.Tensor:
+    """scikit-image's SSIM of uint8 (B, H, W, C) image pairs: Gaussian window, population statistics."""
     return torch.tensor(
         [
-            structural_similarity(
-                a.permute(1, 2, 0).double().numpy(),
-                b.permute(1, 2, 0).double().numpy(),
-                channel_axis=-1,
-                data_range=2,
-                gaussian_weights=True,
-                sigma=1.5,
-                use_sample_covariance=False,
-                **kwargs,
-            )
+            structural_similarity(a, b, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5,
+                                  use_sample_covariance=False, **kwargs)
             for a, b in zip(x, y)
         ],
         dtype=torch.float64,
@@ -73,9 +76,20 @@ def test_ssim_equals_scikit_image(size: int, kind: str) -> None:
         x = structured_images(3, size, seed=size)
     y = (x + 0.25 * torch.randn(x.shape, generator=generator)).clamp(-1, 1)
     y[0] = torch.flip(x[0], dims=[-1])
-    torch.testing.assert_close(ssim(x, y, win_size=7), skimage_ssim(x, y, win_size=7), atol=1e-4, rtol=0)
+    a, b = to_uint8(x), to_uint8(y)
+    torch.testing.assert_close(ssim(from_uint8(a), from_uint8(b), win_size=7), skimage_ssim(a, b, win_size=7), atol=1e-6, rtol=0)
     # scikit-image's call without win_size crops the 11-tap filter's radius: win_size=11 here.
-    torch.testing.assert_close(ssim(x, y, win_size=11), skimage_ssim(x, y), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ssim(from_uint8(a), from_uint8(b), win_size=11), skimage_ssim(a, b), atol=1e-6, rtol=0)
+
+
+def test_ssim_is_scored_in_the_unit_range_not_in_minus_one_to_one() -> None:
+    """The luminance term is not shift-invariant: [-1, 1] with data range 2 would give another number."""
+    dark = torch.full((1, 3, 16, 16), -0.9, dtype=torch.float64)
+    darker = torch.full((1, 3, 16, 16), -0.95, dtype=torch.float64)
+    mu_x, mu_y, c1 = 0.05, 0.025, 0.01 ** 2  # the same images in [0, 1]
+    expected = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)
+    assert ssim(dark, darker).item() == pytest.approx(expected)
+    assert skimage_ssim(to_uint8(dark), to_uint8(darker)).item() == pytest.approx(ssim(from_uint8(to_uint8(dark)), from_uint8(to_uint8(darker))).item(), abs=1e-9)
 
 
 def test_ssim_of_identical_images_is_one_and_window_must_fit() -> None:
