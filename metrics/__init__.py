@@ -2,7 +2,7 @@
 and distances between feature distributions (FID, KID, precision/recall)."""
 from __future__ import annotations
 
-from metrics.distribution import fid, frechet_distance, gaussian_statistics, kid, precision_recall
+from metrics.distribution import fid, frechet_distance, gaussian_statistics, kid, kid_subset_size, precision_recall
 from metrics.features import (
     ClassifierFeatures,
     EfficientNetLite0Features,
@@ -23,6 +23,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_statistics",
     "kid",
+    "kid_subset_size",
     "ms_ssim",
     "paired_scores",
     "precision_recall",

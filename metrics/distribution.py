@@ -85,12 +85,21 @@ def _polynomial_mmd2(x: np.ndarray, y: np.ndarray) -> float:
     return float(within - 2.0 * k_xy.mean())
 
 
+def kid_subset_size(n_real: int, n_fake: int, subset_size: int) -> int:
+    """Rows per KID subset: `subset_size`, or half the smaller set when that set is not larger than it (so subsets
+    are random draws, not the whole set again and again)."""
+    smaller = min(n_real, n_fake)
+    return subset_size if smaller > subset_size else max(2, smaller // 2)
+
+
 def kid(
-    feats_real: np.ndarray, feats_fake: np.ndarray, subsets: int = 10, subset_size: int = 1000, seed: int = 0
+    feats_real: np.ndarray, feats_fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
     """Kernel inception distance: mean and std of the unbiased polynomial-kernel MMD^2 over random subsets.
 
-    Each subset draws min(subset_size, N_real, N_fake) rows without replacement from each set.
+    100 subsets by default (as torchmetrics and clean-fid); each draws `kid_subset_size` rows without replacement
+    from each set (torchmetrics and clean-fid take the whole smaller set when it has at most `subset_size` rows,
+    which makes every subset the same and the std zero).
     """
     real = _as_features(feats_real, "feats_real")
     fake = _as_features(feats_fake, "feats_fake")
@@ -99,7 +108,7 @@ def kid(
         raise ConfigError(f"subsets: expected a positive number, got {subsets}")
     if subset_size < 2:
         raise ConfigError(f"subset_size: expected at least 2, got {subset_size}")
-    size = min(subset_size, len(real), len(fake))
+    size = kid_subset_size(len(real), len(fake), subset_size)
     rng = np.random.default_rng(seed)
     values = np.empty(subsets)
     for subset in range(subsets):

@@ -17,6 +17,7 @@ from metrics import (
     fid,
     frechet_distance,
     kid,
+    kid_subset_size,
     ms_ssim,
     paired_scores,
     precision_recall,
@@ -179,6 +180,14 @@ def test_kid_is_unbiased_and_detects_a_shift() -> None:
     shifted_mean, shifted_std = kid(a, b + 0.5, subsets=20, subset_size=50, seed=0)
     assert shifted_mean > 3 * shifted_std and shifted_mean > 10 * abs(mean)
     assert kid(a, b, subsets=3, subset_size=5000) == kid(a, b, subsets=3, subset_size=200)
+
+
+def test_kid_subsets_are_random_draws_even_when_the_sets_are_not_larger_than_a_subset() -> None:
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(300, 8)), rng.normal(size=(300, 8))
+    assert kid_subset_size(300, 300, 1000) == 150 and kid_subset_size(5000, 3000, 1000) == 1000
+    _, std = kid(a, b, subset_size=1000)
+    assert std > 1e-6  # the whole set every time would give exactly 0
 
 
 def test_precision_recall() -> None:

@@ -19,7 +19,7 @@ from common.errors import CheckpointError, ConfigError, DataError
 from common.files import read_csv_rows, save_figure_atomic, write_csv_atomic
 from data.npy_stack import TileStack
 from diffusion.lpips import LPIPS
-from metrics.distribution import fid, kid, precision_recall
+from metrics.distribution import fid, kid, kid_subset_size, precision_recall
 from metrics.features import (
     ClassifierFeatures,
     EfficientNetLite0Features,
@@ -143,6 +143,7 @@ def distribution_metrics(real: ImageSet, fake: ImageSet, names: Sequence[str], n
     if "kid" in names:
         mean, std = kid(fr, ff, seed=seed)
         out["kid"], out["kid_std"] = float(mean), float(std)
+        out["kid_subsets"], out["kid_subset_size"] = 100, kid_subset_size(len(fr), len(ff), 1000)
     if "pr" in names:
         p, r = precision_recall(fr, ff)
         out["precision"], out["recall"] = float(p), float(r)
