@@ -98,7 +98,7 @@ def run(argv: Sequence[str] | None = None) -> Path:
         raise ConfigError(f"--ckpt {args.ckpt[0]} holds a {first.model_type} classifier; sampling needs a "
                           f"{', '.join(renderable[:-1])} or {renderable[-1]} checkpoint")
     checkpoints = [first] + [load_checkpoint(p, device) for p in args.ckpt[1:]]
-    ctx = RenderContext(args, device, checkpoints, lambda paths: load_ensemble(paths, device), DATA_ACCESS)
+    ctx = RenderContext(args, device, checkpoints, lambda paths, reference=None: load_ensemble(paths, device, reference), DATA_ACCESS)
     check_flags(args, ctx)
     recipe.render(ctx)
     return Path(args.out_dir)

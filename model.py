@@ -184,12 +184,29 @@ def classifier_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def load_ensemble(paths: Sequence[str | Path], device: str | torch.device = "cpu") -> tuple[Ensemble, list[Path]]:
+# What a classifier must share with the images it scores.
+SCORING_SETTINGS = ("tile_size", "scaling")
+
+
+def check_scoring_settings(file: Path, member: dict[str, Any], reference: dict[str, Any], what: str) -> None:
+    """CheckpointError naming the classifier file when its tile size or pixel scaling differs from `reference`'s."""
+    differ = [f"{key} {member.get(key)} (the {what}: {reference.get(key)})" for key in SCORING_SETTINGS
+              if key in reference and member.get(key) != reference.get(key)]
+    if differ:
+        raise CheckpointError(f"--classifier_ckpts: {file} was trained with {', '.join(differ)}; its scores of these "
+                              "images would not mean what they say. Use classifiers trained like the diffusion model")
+
+
+def load_ensemble(paths: Sequence[str | Path], device: str | torch.device = "cpu",
+                  reference: dict[str, Any] | None = None, what: str = "diffusion checkpoint") -> tuple[Ensemble, list[Path]]:
+    """The classifiers of `paths` as one ensemble (checked against the tile size and pixel scaling of `reference`)."""
     files = classifier_checkpoints(paths)
     members = []
     for file in files:
         loaded = load_checkpoint(file, device)
         if not isinstance(recipe_for(loaded.model_type), classifier.Classifier):
             raise CheckpointError(f"--classifier_ckpts: {file} holds a {loaded.model_type} model, not a classifier")
+        if reference is not None:
+            check_scoring_settings(file, loaded.config, reference, what)
         members.append(loaded.model)
     return Ensemble(members).to(device).eval(), files

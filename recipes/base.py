@@ -78,7 +78,7 @@ class RenderContext:
     args: argparse.Namespace
     device: torch.device
     checkpoints: list[LoadedModel]
-    load_ensemble: Callable[[list[str]], tuple[nn.Module, list[Path]]]
+    load_ensemble: Callable[..., tuple[nn.Module, list[Path]]]  # (paths, reference=config to match) -> ensemble, files
     data: DataAccess
 
     @property

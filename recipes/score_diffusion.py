@@ -89,7 +89,7 @@ def render_transitions(ctx: RenderContext) -> None:
         starts, start_names = load_start_images(args.from_image, args.from_patch, lambda: ctx.data.validation_set(loaded.config), size)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    ensemble, member_files = ctx.load_ensemble(args.classifier_ckpts)
+    ensemble, member_files = ctx.load_ensemble(args.classifier_ckpts, reference=loaded.config)
     if starts is not None:
         starts = starts[torch.arange(num_sequences) % len(starts)]
         spec = replace(spec, strength=strength)

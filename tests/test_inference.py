@@ -25,7 +25,9 @@ def trained(synthetic_root, tmp_path_factory) -> dict[str, Path]:
     diffusion = train.run(tiny_config(synthetic_root, out, **{**TINY_UNET, "max_steps": 2}))
     for member in (0, 1):
         train.run(tiny_config(synthetic_root, out, model_type="resnet18", tile_size=16, max_steps=1, ensemble=member))
-    return {"diffusion": diffusion / "last.pt", "resnet": out / "resnet"}
+    other = train.run(tiny_config(synthetic_root, tmp_path_factory.mktemp("other"), model_type="resnet18", tile_size=16,
+                                  max_steps=1, scaling="percentile"))
+    return {"diffusion": diffusion / "last.pt", "resnet": out / "resnet", "percentile_resnet": other / "last.pt"}
 
 
 def test_parse_conditions():
@@ -102,16 +104,18 @@ def test_sdedit_from_a_validation_patch(trained, tmp_path):
     assert rows[0]["start"].startswith("synthetic_")
 
 
-@pytest.mark.parametrize("kind", ["missing_ckpt", "classifier_as_diffusion", "bad_conditions"])
+@pytest.mark.parametrize("kind", ["missing_ckpt", "classifier_as_diffusion", "bad_conditions", "other_scaling"])
 def test_inference_errors(trained, tmp_path, capsys, kind):
     diffusion, resnet = str(trained["diffusion"]), str(trained["resnet"])
     argv = {
         "missing_ckpt": ["--diffusion_ckpt", str(tmp_path / "none.pt"), "--classifier_ckpts", resnet],
         "classifier_as_diffusion": ["--diffusion_ckpt", str(trained["resnet"] / "Ensemble_0" / "last.pt"), "--classifier_ckpts", resnet],
         "bad_conditions": ["--diffusion_ckpt", diffusion, "--classifier_ckpts", resnet, "--conditions", "a:b"],
+        "other_scaling": ["--diffusion_ckpt", diffusion, "--classifier_ckpts", resnet, str(trained["percentile_resnet"])],
     }[kind]
     assert inference.main(argv + ["--out_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and {"missing_ckpt": "does not exist", "classifier_as_diffusion": "holds a resnet18 classifier; sampling needs a diffusion, sdm",
-                                          "bad_conditions": "--condition_values"}[kind] in err
+                                          "bad_conditions": "--condition_values",
+                                          "other_scaling": "was trained with scaling percentile (the diffusion checkpoint: minmax)"}[kind] in err
     assert not (tmp_path / "o").exists()
