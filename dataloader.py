@@ -62,6 +62,7 @@ from data.synthetic_regions import CLASS_MAP as REGIONS_CLASS_MAP
 from data.synthetic_regions import generate_synthetic_regions, regions_paths
 from data.style_sampling import STYLE_MODES
 from data.wsi import (
+    SCALINGS,
     PatchOptions,
     StreamSampler,
     WSIEvalPatches,
@@ -92,7 +93,7 @@ DATA_OPTIONS: tuple[Option, ...] = (
     O("soft_vs_hard", str, "hard", "labels: hard (agreed class) or soft (share of mitotic votes)", ("soft", "hard"), "wsi data"),
     O("soft_mode", str, "binned", "soft labels binned to 0/0.5/1 or continuous", ("binned", "continuous"), "wsi data"),
     O("max_offset", int, 0, "random shift of the patch centre, in pixels", None, "wsi data"),
-    O("scaling", str, "minmax", "pixel scaling to [-1, 1]: minmax or per-image 99th percentile", ("minmax", "percentile"), "wsi data"),
+    O("scaling", str, "minmax", "pixel scaling to [-1, 1]: minmax, per-image 99th percentile clipped at 1, or unclipped as the transition work did", SCALINGS, "wsi data"),
     # layout data
     O("stride", int, None, "stride of the tiling of layout images (default: --tile_size)", None, "layout data"),
     O("min_area", int, 30, "nuclei fragments smaller than this many pixels are dropped", None, "layout data"),

@@ -15,7 +15,7 @@ from data.base import SeededDataset, dihedral
 from data.mixing import mixed_slots
 from data.splits import split_by_quantile
 
-SCALINGS = ("minmax", "percentile")
+SCALINGS = ("minmax", "percentile", "percentile_unclipped")
 SPLITS = ("slides", "y_percentile")
 
 
@@ -30,11 +30,13 @@ def read_patch(slide: openslide.OpenSlide, cx: float, cy: float, size: int) -> n
 
 
 def to_model_range(patch: np.ndarray, scaling: str = "minmax") -> np.ndarray:
-    """uint8 HxWx3 -> float32 3xHxW in [-1, 1]; 'percentile' divides by the image's 99th percentile first."""
+    """uint8 HxWx3 -> float32 3xHxW in [-1, 1]; 'percentile' divides by the image's 99th percentile first and clips
+    at 1; 'percentile_unclipped' does not clip, as the mitotic-figure transition work did (the brightest 1 % of
+    values then lie above 1)."""
     x = patch.astype(np.float32)
-    if scaling == "percentile":
+    if scaling in ("percentile", "percentile_unclipped"):
         top = max(float(np.percentile(x, 99)), 1.0)
-        x = np.clip(x / top, 0.0, 1.0)
+        x = x / top if scaling == "percentile_unclipped" else np.clip(x / top, 0.0, 1.0)
     elif scaling == "minmax":
         x = x / 255.0
     else:

@@ -56,6 +56,12 @@ def test_scaling_to_model_range():
     dim = (patch // 2).astype(np.uint8)
     y = to_model_range(dim, "percentile")
     assert y.max() == pytest.approx(1.0)
+    bright = np.full((10, 10, 3), 100, np.uint8)
+    bright[0, 0] = 250  # one outlier pixel, above the 99th percentile
+    assert to_model_range(bright, "percentile").max() == pytest.approx(1.0)
+    unclipped = to_model_range(bright, "percentile_unclipped")
+    top = np.percentile(bright.astype(np.float32), 99)
+    assert unclipped.max() == pytest.approx(2 * 250 / top - 1) and unclipped.max() > 1.0
 
 
 def test_mite_ratio_is_honoured_per_batch():
