@@ -84,7 +84,7 @@ DATA_OPTIONS: tuple[Option, ...] = (
     O("annotation_file", str, None, "SlideRunner .sqlite (spots, or region polygons for --dataset regions), MIDOG .json or meningioma folder", None, "slides"),
     O("split_file", str, None, "CSV with columns slide,split: train/val for --split slides, train/heldout for --dataset regions", None, "slides"),
     O("mitotic_classes", str_list, None, "class names counted as mitotic (comma-separated)", None, "wsi data"),
-    O("negative_classes", str_list, None, "class names used as negatives (default: the data set's)", None, "wsi data"),
+    O("negative_classes", str_list, None, "class names used as negatives, or all (every class that is not mitotic; default: the data set's)", None, "wsi data"),
     O("tumor_types", str_list, None, "MIDOG: keep only these tumour types", None, "wsi data"),
     O("annotators", str_list, None, "SlideRunner: persons whose votes make the soft labels", None, "wsi data"),
     O("indeterminate", str, "negative", "meningioma: what INDET spots are", ("negative", "mitotic", "skip"), "wsi data"),
@@ -275,6 +275,8 @@ def read_annotations(path: Path, config: dict[str, Any]) -> list[Annotation]:
     layout = LAYOUTS[config["dataset"]]
     mitotic = tuple(config["mitotic_classes"] or layout.mitotic)
     negative = tuple(config["negative_classes"]) if config["negative_classes"] else layout.negative
+    if negative is not None and [n.lower() for n in negative] == ["all"]:
+        negative = None  # every class that is not mitotic, as the original hard label (agreedClass == mitotic) has it
     class_map = ClassMap(mitotic=mitotic, negative=negative)
     if path.is_dir():
         return read_meningioma(path, indeterminate=config["indeterminate"])

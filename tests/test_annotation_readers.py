@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import dataloader
 from data.annotations import Annotation, ClassMap, DataError
 from data.meningioma import read_meningioma
 from data.midog import midog_images, midog_summary, read_midog_json
@@ -352,3 +353,13 @@ def test_summary_command_prints_json(shared_data, capsys):
     assert summary["per_class"] == {"mitotic figure": 1721, "not mitotic figure": 2714}
     assert summary["slides"] == 200 and len(summary["per_slide"]) >= 150
     assert dataloader.main(["--summary", str(shared_data / "missing.sqlite")]) == 2
+
+
+def test_negative_classes_all_takes_every_class_that_is_not_mitotic(ccmct_db: Path) -> None:
+    config = {"dataset": "canine", "mitotic_classes": None, "indeterminate": "negative", "soft_mode": "binned",
+              "annotators": None, "tumor_types": None}
+    default = dataloader.read_annotations(ccmct_db, {**config, "negative_classes": None})
+    every = dataloader.read_annotations(ccmct_db, {**config, "negative_classes": ["all"]})
+    assert {a.class_name for a in default if a.label == 0} == {"Mitotic figure lookalike"}
+    extra = {a.uid for a in every} - {a.uid for a in default}
+    assert extra and all(a.label == 0 and a.class_name != "Mitotic figure lookalike" for a in every if a.uid in extra)
