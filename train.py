@@ -54,12 +54,16 @@ def remove_if_empty(folders: Sequence[Path]) -> None:
             folder.rmdir()
 
 
+def check_run_dir(run_dir: Path, overwrite: bool) -> bool:
+    """Whether `run_dir` holds an earlier run (ConfigError unless --overwrite may replace it)."""
+    taken = run_dir.exists() and any(run_dir.iterdir())
+    if taken and not overwrite:
+        raise ConfigError(f"run folder {run_dir} already exists; pass --overwrite to replace it or --resume {run_dir} to continue")
+    return taken
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"run folder {run_dir} already exists; pass --overwrite to replace it or --resume {run_dir} to continue"
-            )
+    if check_run_dir(run_dir, overwrite):
         if is_main():
             shutil.rmtree(run_dir)
     if dist.is_initialized():
@@ -81,8 +85,8 @@ def run(argv: Sequence[str] | None = None) -> Path:
     if config["precision"] == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     init_distributed(device)
-    if state is None and run_dir.exists() and any(run_dir.iterdir()) and not config["overwrite"]:
-        prepare_run_dir(run_dir, overwrite=False)
+    if state is None:
+        check_run_dir(run_dir, config["overwrite"])  # before the data is built, so a taken folder fails at once
 
     member = config.get("ensemble") or 0
     seed = config["seed"] + member

@@ -87,18 +87,22 @@ class StyleDiffusion(DiffusionRecipe):
             raise ConfigError(f"--style_encoder_weights: file {weights} does not exist")
 
     def model_config(self, config: dict[str, Any], data: Any) -> dict[str, Any]:
+        """Pixel space; a latent run is configured in build(), which has the device to measure the latent scale on."""
+        return self.styled_config(config, data)
+
+    def styled_config(self, config: dict[str, Any], data: Any, autoencoder: nn.Module | None = None,
+                      latent: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The UNet on pixels, or on the latent grid of `autoencoder` with `latent` (recipes.latent.latent_space)."""
         num_classes = data.train_items.num_classes
         style = {"encoder": config["style_encoder"], "style_dim": config["style_dim"],
                  "num_images": config["num_style_images"], "aggregation": config["style_agg"], "encoder_weights": None}
-        latent, size, channels = {}, data.tile_size, 3
-        if config["autoencoder_ckpt"]:
-            autoencoder, ae_state = load_autoencoder(config["autoencoder_ckpt"], torch.device("cpu"))
-            latent = latent_space(config, data, autoencoder, ae_state, torch.device("cpu"))
+        size, channels = data.tile_size, 3
+        if autoencoder is not None:
             size, channels = size // autoencoder.downsample_factor, autoencoder.latent_channels
         unet = unet_config(config, size, channels, ["style", "semantic"], semantic_channels=num_classes,
                            concat_semantic=True, semantic_spade=False, style_encoder=style)
         unet["cond_drop_prob"] = {"style": config["style_drop_prob"], "semantic": 0.0}
-        return {"unet": unet, "diffusion": diffusion_settings(config), "num_classes": num_classes, **latent}
+        return {"unet": unet, "diffusion": diffusion_settings(config), "num_classes": num_classes, **(latent or {})}
 
     def build_network(self, model_config: dict[str, Any]) -> nn.Module:
         unet = super().build_network(model_config)
@@ -120,17 +124,26 @@ class StyleDiffusion(DiffusionRecipe):
                 raise ConfigError(str(err)) from None
 
     def build(self, config: dict[str, Any], data: Any, state: dict | None, device: torch.device, run_dir: Path) -> Built:
-        built = super().build(config, data, state, device, run_dir)
-        if "autoencoder" in built.model_config and state is None:
-            autoencoder, ae_state = load_autoencoder(config["autoencoder_ckpt"], torch.device("cpu"))
-            if ae_state["model_config"] != built.model_config["autoencoder"]["model_config"]:
-                raise ConfigError(f"--autoencoder_ckpt {config['autoencoder_ckpt']} is not the autoencoder this run was built on")
-            built.model.autoencoder.load_state_dict(autoencoder.state_dict())
+        if state is not None or not config["autoencoder_ckpt"]:
+            built = super().build(config, data, state, device, run_dir)
+        else:
+            built = self.build_latent(config, data, device)
         if config.get("freeze_style_encoder"):
             encoder = style_network(built.model)
             encoder.requires_grad_(False)
             encoder.register_forward_pre_hook(_keep_eval)
         return built
+
+    def build_latent(self, config: dict[str, Any], data: Any, device: torch.device) -> Built:
+        """A fresh latent run: the autoencoder of --autoencoder_ckpt loaded once, its latent scale measured on `device`."""
+        autoencoder, ae_state = load_autoencoder(config["autoencoder_ckpt"], device)
+        model_config = self.styled_config(config, data, autoencoder, latent_space(config, data, autoencoder, ae_state, device))
+        model = self.build_network(model_config)
+        self.initialise(model, config)
+        if config.get("init_from"):
+            self.init_from(model, model_config, config["init_from"])
+        model.autoencoder.load_state_dict(autoencoder.state_dict())
+        return Built(model, model_config, self.task(config, model_config), data)
 
     def inference_flags(self, loaded: Any) -> tuple[InferenceFlag, ...]:
         return STEDM_FLAGS
@@ -201,13 +214,13 @@ def render_styled(ctx: RenderContext) -> None:
     def write(folder: Path) -> None:
         generator = torch.Generator(device=device).manual_seed(args.seed)
         rows, grid = [], []
+        unet = loaded.model.config
         for first in tqdm(range(0, num_samples, args.batch_size), desc="stedm tiles"):
             batch = list(zip(chosen, units))[first:first + args.batch_size]
             pairs = [layouts.layout(i) for i, _ in batch]
             crops = [styles.crops(unit, rng, count) for _, unit in batch]
             semantic = torch.stack([torch.from_numpy(one_hot(labels, int(loaded.model_config["num_classes"]))) for _, labels in pairs]).to(device)
             style = torch.from_numpy(np.stack(crops)).to(device)
-            unet = loaded.model.config
             x_T = torch.randn((len(batch), unet["in_channels"], unet["image_size"], unet["image_size"]), generator=generator,
                               device=generator.device).to(device)
             out = sampling.sample(loaded.model, loaded.diffusion, x_T, {"style": style, "semantic": semantic}, spec, generator=generator)
