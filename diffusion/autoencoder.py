@@ -15,6 +15,20 @@ from diffusion.quantizer import VectorQuantizer
 from diffusion.unet import AttentionBlock, Downsample, Upsample, group_norm
 
 LOGVAR_RANGE = (-30.0, 20.0)
+PADDING_MODES = ("zeros", "reflect", "replicate")
+
+
+def set_padding_mode(module: nn.Module, mode: str) -> None:
+    """Extend the borders of every padded convolution in `module` with `mode` (torch's Conv2d padding_mode).
+
+    Zero padding (CompVis' choice) lets a small autoencoder tell border pixels from inner ones, which shows as a
+    frame along the tile border in its reconstructions; "reflect" mirrors the image instead.
+    """
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {mode!r}")
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d) and any(layer.padding):
+            layer.padding_mode = mode
 
 
 def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -191,6 +205,7 @@ class VQVAE(_Autoencoder):
         ema_eps: float = 1e-5,
         dead_code_threshold: float = 1.0,
         use_ema: bool = True,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         positive_int("latent_channels", latent_channels)
@@ -202,6 +217,7 @@ class VQVAE(_Autoencoder):
             "num_res_blocks": num_res_blocks, "latent_channels": latent_channels, "codebook_size": codebook_size,
             "commitment_weight": float(commitment_weight), "ema_decay": float(ema_decay),
             "ema_eps": float(ema_eps), "dead_code_threshold": float(dead_code_threshold), "use_ema": bool(use_ema),
+            "padding_mode": padding_mode,
         }
         self.encoder = Encoder(in_channels, channels, channel_mult, num_res_blocks, latent_channels)
         self.quant_conv = nn.Conv2d(latent_channels, latent_channels, 1)
@@ -211,6 +227,7 @@ class VQVAE(_Autoencoder):
         )
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1)
         self.decoder = Decoder(in_channels, channels, channel_mult, num_res_blocks, latent_channels)
+        set_padding_mode(self, padding_mode)
 
     def _quantize(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
         return self.quantizer(self.quant_conv(self.encoder(x)))
@@ -243,6 +260,7 @@ class AutoencoderKL(_Autoencoder):
         num_res_blocks: int = 1,
         latent_channels: int = 4,
         kl_weight: float = 1e-6,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         positive_int("latent_channels", latent_channels)
@@ -251,12 +269,14 @@ class AutoencoderKL(_Autoencoder):
         self._config = {
             "in_channels": in_channels, "channels": channels, "channel_mult": channel_multipliers("channel_mult", channel_mult),
             "num_res_blocks": num_res_blocks, "latent_channels": latent_channels, "kl_weight": float(kl_weight),
+            "padding_mode": padding_mode,
         }
         self.kl_weight = float(kl_weight)
         self.encoder = Encoder(in_channels, channels, channel_mult, num_res_blocks, 2 * latent_channels)
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1)
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1)
         self.decoder = Decoder(in_channels, channels, channel_mult, num_res_blocks, latent_channels)
+        set_padding_mode(self, padding_mode)
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance (clamped to [-30, 20]) of q(z | x), each (B, latent_channels, H/f, W/f)."""

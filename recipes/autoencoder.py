@@ -11,7 +11,7 @@ from common.errors import ConfigError
 from common.files import staged_folder
 from common.options import Option, flag_bool, int_list
 from data.families import TILE_DATASETS
-from diffusion.autoencoder import VQVAE, AutoencoderKL
+from diffusion.autoencoder import PADDING_MODES, VQVAE, AutoencoderKL
 from diffusion.discriminator import PatchDiscriminator
 from diffusion.lpips import LPIPS
 from recipes.base import Recipe, RenderContext
@@ -25,6 +25,7 @@ AUTOENCODER_OPTIONS: tuple[Option, ...] = (
     O("ae_channel_mult", int_list, [1, 2, 4], "autoencoder channel multipliers; downsampling factor 2**(levels-1)", None, "autoencoder"),
     O("ae_res_blocks", int, 1, "autoencoder residual blocks per level", None, "autoencoder"),
     O("latent_channels", int, 4, "channels of the latent", None, "autoencoder"),
+    O("ae_padding", str, "zeros", "how the autoencoder's convolutions extend the tile border: zeros (as CompVis), reflect (the tile mirrored) or replicate (its edge repeated)", PADDING_MODES, "autoencoder"),
     O("perceptual_weights", str, None, "local torchvision VGG16 state dict for the LPIPS perceptual loss (none: no perceptual loss)", None, "autoencoder"),
     O("lpips_weights", str, None, "optional LPIPS linear calibration weights (lin layers) for --perceptual_weights", None, "autoencoder"),
     O("perceptual_weight", float, 1.0, "weight of the perceptual loss", None, "autoencoder"),
@@ -79,6 +80,7 @@ class Autoencoder(Recipe):
             "channel_mult": list(config["ae_channel_mult"]),
             "num_res_blocks": config["ae_res_blocks"],
             "latent_channels": config["latent_channels"],
+            "padding_mode": config["ae_padding"],
         }
         if self.name == "vqvae":
             ae.update(codebook_size=config["codebook_size"], commitment_weight=config["commitment_weight"],

@@ -350,3 +350,27 @@ def test_adaptive_weight_at_the_decoder_last_layer():
     recon, _ = model(x)
     weight = adaptive_weight(F.l1_loss(recon, x), generator_adv_loss(disc(recon)), model.last_layer)
     assert math.isfinite(float(weight)) and float(weight) > 0
+
+
+@pytest.mark.parametrize("cls, extra", [(VQVAE, dict(codebook_size=8, use_ema=False)), (AutoencoderKL, {})])
+def test_reflect_padding_treats_border_pixels_like_inner_ones(cls, extra):
+    """A flat tile stays flat through a mirrored-border autoencoder; zero padding marks the border."""
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    spreads = {}
+    for mode in ("zeros", "reflect"):
+        torch.manual_seed(0)
+        model = cls(**TINY, **extra, padding_mode=mode).eval()
+        with torch.no_grad():
+            spreads[mode] = model(flat)[0].std(dim=(2, 3)).max().item()
+    assert spreads["reflect"] < 1e-5
+    assert spreads["zeros"] > 1e-3
+
+
+def test_padding_mode_is_stored_and_old_configs_mean_zeros():
+    model = VQVAE(**TINY, codebook_size=8, padding_mode="reflect")
+    assert model.config["padding_mode"] == "reflect"
+    assert VQVAE(**TINY, codebook_size=8).config["padding_mode"] == "zeros"
+    padded = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and any(m.padding)]
+    assert padded and all(m.padding_mode == "reflect" for m in padded)
+    with pytest.raises(ValueError, match="padding_mode"):
+        AutoencoderKL(**TINY, padding_mode="circle")
