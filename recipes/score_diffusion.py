@@ -101,10 +101,13 @@ def render_transitions(ctx: RenderContext) -> None:
     result: dict[str, float] = {}
 
     def write(folder: Path) -> None:
-        result.update(rho=write_outputs(folder, images, conditions, probs, start_names))
+        result.update(write_outputs(folder, images, conditions, probs, start_names))
         save_trajectory(recorder, folder)
 
     staged_folder(out, write)
     print(f"ensemble of {len(member_files)}: " + ", ".join(str(f) for f in member_files))
-    print(f"Spearman correlation of ensemble score and condition: {result['rho']:.3f}")
-    print(f"pictures: {out / 'grid.png'}, {out / 'score_vs_condition.png'}, {out / 'sequences'}/; numbers: {out / 'scores.csv'}")
+    print(f"Spearman correlation of ensemble score and condition: {result['spearman']:.3f} over all images, "
+          f"{result['sequence_spearman_mean']:.3f} per sequence (mean); sequences whose score rises with the condition "
+          f"(no drop over {result['rise_tolerance']}): {result['rising_share']:.0%}")
+    print(f"pictures: {out / 'grid.png'}, {out / 'score_vs_condition.png'}, {out / 'sequences'}/; "
+          f"numbers: {out / 'scores.csv'}, {out / 'summary.csv'}")

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.sampling import SamplingSpec, sample
 from common.figures import labelled_grid, score_plot, to_uint8
+from common.files import write_csv_atomic
 
 
 def parse_conditions(text: str) -> list[float]:
@@ -95,6 +96,23 @@ def spearman(conditions: np.ndarray, scores: np.ndarray) -> float:
     return float(spearmanr(conditions, scores).statistic)
 
 
+RISE_TOLERANCE = 0.02
+
+
+def rising_share(scores: np.ndarray, tolerance: float = RISE_TOLERANCE) -> float:
+    """Share of sequences (rows of (S, K) scores, columns in order of rising condition) whose score never falls
+    by more than `tolerance` from one condition value to the next."""
+    steps = np.diff(np.asarray(scores, dtype=np.float64), axis=1)
+    return float((steps >= -tolerance).all(axis=1).mean())
+
+
+def sequence_spearman(conditions: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over sequences of each sequence's own Spearman correlation of score and condition (nan rows skipped)."""
+    values = [spearman(conditions, row) for row in np.asarray(scores)]
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def load_start_images(from_image: Sequence[str] | None, from_patch: Sequence[int] | None,
                       validation_set: Callable[[], Dataset | None], size: int) -> tuple[torch.Tensor | None, list[str]]:
     """(N, 3, size, size) real images in [-1, 1] and their names, from files or the validation patches
@@ -132,8 +150,9 @@ def image_name(sequence: int, index: int) -> str:
     return f"sequence_{sequence:03d}_{index:02d}.png"
 
 
-def write_outputs(folder: Path, images: torch.Tensor, conditions: list[float], probs: torch.Tensor, starts: list[str]) -> float:
-    """Strips, grid, scores.csv and the score plot; returns the Spearman correlation."""
+def write_outputs(folder: Path, images: torch.Tensor, conditions: list[float], probs: torch.Tensor,
+                  starts: list[str]) -> dict[str, float]:
+    """Strips, grid, scores.csv, summary.csv and the score plot; returns the summary's numbers."""
     s, k = images.shape[:2]
     members = probs.shape[0]
     probs = probs.view(members, s, k)
@@ -159,6 +178,14 @@ def write_outputs(folder: Path, images: torch.Tensor, conditions: list[float], p
                 start = starts[i % len(starts)] if starts else "noise"
                 writer.writerow([f"images/{image_name(i, j)}", i, c, *member_scores, f"{float(mean[i, j]):.6f}", f"{float(std[i, j]):.6f}", start])
     cond = np.asarray(conditions)
-    rho = spearman(np.tile(cond, s), mean.numpy().reshape(-1))
-    score_plot(cond, mean.numpy(), folder / "score_vs_condition.png", f"{s} sequences, Spearman rho = {rho:.3f}")
-    return rho
+    summary = {
+        "sequences": s,
+        "spearman": spearman(np.tile(cond, s), mean.numpy().reshape(-1)),
+        "sequence_spearman_mean": sequence_spearman(cond, mean.numpy()),
+        "rising_share": rising_share(mean.numpy()),
+        "rise_tolerance": RISE_TOLERANCE,
+    }
+    write_csv_atomic(folder / "summary.csv", list(summary), [list(summary.values())])
+    title = f"{s} sequences, Spearman rho = {summary['spearman']:.3f}, rising {summary['rising_share']:.0%}"
+    score_plot(cond, mean.numpy(), folder / "score_vs_condition.png", title)
+    return summary

@@ -16,7 +16,7 @@ from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.unet import UNet
 from test_train import TINY_UNET
 from diffusion.sampling import SamplingSpec
-from recipes.transitions import parse_conditions, render_sequences
+from recipes.transitions import parse_conditions, render_sequences, rising_share, sequence_spearman
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,16 @@ def trained(synthetic_root, tmp_path_factory) -> dict[str, Path]:
     other = train.run(tiny_config(synthetic_root, tmp_path_factory.mktemp("other"), model_type="resnet18", tile_size=16,
                                   max_steps=1, scaling="percentile"))
     return {"diffusion": diffusion / "last.pt", "resnet": out / "resnet", "percentile_resnet": other / "last.pt"}
+
+
+def test_rising_share_and_per_sequence_spearman():
+    conditions = np.array([0.0, 0.5, 1.0])
+    scores = np.array([[0.1, 0.5, 0.9],     # rises
+                       [0.1, 0.9, 0.89],    # falls by 0.01: within the tolerance
+                       [0.2, 0.9, 0.5]])    # falls by 0.4
+    assert rising_share(scores) == pytest.approx(2 / 3)
+    assert rising_share(scores, tolerance=0.0) == pytest.approx(1 / 3)
+    assert sequence_spearman(conditions, scores) == pytest.approx((1.0 + 0.5 + 0.5) / 3)
 
 
 def test_parse_conditions():
@@ -79,6 +89,10 @@ def test_inference_writes_pictures_and_scores(trained, tmp_path, capsys):
     for row in rows:
         members = [float(row["member_0"]), float(row["member_1"])]
         assert float(row["mean"]) == pytest.approx(np.mean(members), abs=1e-5)
+    (summary,) = list(csv.DictReader((out / "summary.csv").open()))
+    means = np.array([float(row["mean"]) for row in rows]).reshape(2, 3)
+    assert float(summary["rising_share"]) == rising_share(means)
+    assert int(summary["sequences"]) == 2 and "rises with the condition" in printed
     assert inference.main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
 
