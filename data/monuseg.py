@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ElementTree
+import copy
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,7 @@ import tifffile
 import torch
 from PIL import Image
 from skimage.draw import polygon as fill_polygon
+from skimage.measure import regionprops
 from skimage.segmentation import relabel_sequential
 from tqdm import tqdm
 
@@ -41,6 +43,11 @@ MIN_AREA = 30
 COORDINATE_SLACK = 4.0
 TILING_FORMAT = 1
 TILE_NAME = re.compile(r"^(?P<source>.+)_(?P<y>\d+)_(?P<x>\d+)$")
+# --match_struct: the appearance of a layout comes from its MATCH_POOL most similar tiles, the tile itself
+# included (so MATCH_POOL - 1 others), as in the original SDM's structure matching.
+MATCH_POOL = 20
+# Shape distances are clipped at this quantile of a tile's distances before scaling to [0, 1] (the original's).
+MATCH_CLIP_QUANTILE = 0.85
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +393,10 @@ class LayoutPatches(SeededDataset):
     Sample i is a pure function of (seed, i): with `augment`, one of the 8 rotations/flips is applied to
     image and instance mask before the maps are built, and the colour map is shuffled when the map options
     ask for it. Indices past the end wrap around the tiles (for endless samplers), with fresh augmentations.
+    `with_appearance` gives a copy whose colour maps come from other tiles (the original SDM's inference).
     """
+
+    appearance: list[int] | None = None
 
     def __init__(
         self,
@@ -441,8 +451,22 @@ class LayoutPatches(SeededDataset):
             raise DataError(f"{folder}: no type map for tile {name} (expected {name}.png or .tif)")
         return read_instance_mask(path)
 
+    def read_mask(self, name: str) -> np.ndarray:
+        """int64 H x W instance mask of tile `name`."""
+        return read_instance_mask(self.files[name][1])
+
+    def with_appearance(self, partners: Sequence[int], seed: int) -> "LayoutPatches":
+        """A copy whose tile i takes its colour map from the image of tile partners[i], with sample seed `seed`."""
+        partners = [int(p) for p in partners]
+        if len(partners) != len(self) or any(not 0 <= p < len(self) for p in partners):
+            raise DataError(f"appearance partners: expected {len(self)} tile indices in 0..{len(self) - 1}")
+        clone = copy.copy(self)
+        clone.appearance, clone.seed = partners, seed
+        return clone
+
     def __getitem__(self, index: int) -> dict:
-        name = self.names[self.wrap(index)]
+        position = self.wrap(index)
+        name = self.names[position]
         image, inst = self.load(name)
         types = self.load_types(name)
         rng = self.sample_rng(index)
@@ -453,10 +477,66 @@ class LayoutPatches(SeededDataset):
             types = None if types is None else dihedral(types, k)
         else:
             options = replace(self.maps, shuffle_colour=False)
-        semantic = build_maps(inst, image, options, rng, class_map=types)
+        meta = {"name": name}
+        if self.appearance is None:
+            semantic = build_maps(inst, image, options, rng, class_map=types)
+        else:
+            partner = self.names[self.appearance[position]]
+            partner_image, partner_inst = self.load(partner)
+            semantic = build_maps(inst, partner_image, options, rng, class_map=types, appearance_inst=partner_inst)
+            meta["appearance"] = partner
         return {
             "image": torch.from_numpy(to_model_range(np.ascontiguousarray(image))),
             "semantic": torch.from_numpy(semantic),
             "inst_mask": torch.from_numpy(np.ascontiguousarray(inst, dtype=np.int64)),
-            "meta": {"name": name},
+            "meta": meta,
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# Appearance for layouts at inference (the original SDM's --match_struct and --shuffle_masks)
+# ---------------------------------------------------------------------------------------------
+
+
+def shape_statistics(inst: np.ndarray) -> np.ndarray:
+    """float64 (total nucleus area, median nucleus area) in pixels of a layout: the original SDM's shape descriptor."""
+    areas = [region.area for region in regionprops(np.asarray(inst, dtype=np.int64))]
+    if not areas:
+        return np.zeros(2)
+    return np.array([float(np.sum(areas)), float(np.median(areas))])
+
+
+def shape_distances(statistics: np.ndarray, index: int) -> np.ndarray:
+    """Distance in [0, 1] of every layout's shape statistics (rows) to those of layout `index`.
+
+    Per statistic, the absolute differences are clipped at their MATCH_CLIP_QUANTILE quantile and scaled to
+    [0, 1] (min-max); the distance is their mean (total and median area weighted equally, as in the original).
+    """
+    differences = np.abs(statistics - statistics[index])
+    differences = np.minimum(differences, np.quantile(differences, MATCH_CLIP_QUANTILE, axis=0))
+    low, span = differences.min(0), np.ptp(differences, axis=0)
+    scaled = np.divide(differences - low, span, out=np.zeros_like(differences), where=span > 0)
+    return scaled.mean(1)
+
+
+def match_struct_partners(statistics: np.ndarray, rng: np.random.Generator) -> list[int]:
+    """For each layout, a random one of the MATCH_POOL - 1 other layouts nearest in shape statistics."""
+    count = len(statistics)
+    if count < 2:
+        raise DataError("--match_struct: needs at least 2 layouts to take appearances from")
+    partners = []
+    for index in range(count):
+        order = np.argsort(shape_distances(statistics, index), kind="stable")
+        nearest = order[order != index][: MATCH_POOL - 1]
+        partners.append(int(rng.choice(nearest)))
+    return partners
+
+
+def shuffle_partners(count: int, rng: np.random.Generator) -> list[int]:
+    """For each layout, a random other layout, each used once: a seeded random cycle through all of them."""
+    if count < 2:
+        raise DataError("--shuffle_masks: needs at least 2 layouts to take appearances from")
+    order = rng.permutation(count)
+    partners = np.empty(count, dtype=np.int64)
+    partners[order] = np.roll(order, -1)
+    return partners.tolist()

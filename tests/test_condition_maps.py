@@ -56,12 +56,18 @@ def test_map_channels_match_build_maps_for_every_option_combination():
     inst = two_apart()
     image = painted(inst)
     rng = np.random.default_rng(0)
-    for classes, instance, hv, colour, shuffle in itertools.product((2, 3), *([(False, True)] * 4)):
-        options = MapOptions(num_classes=classes, instance=instance, hv=hv, colour=colour, shuffle_colour=shuffle)
+    flags = itertools.product((2, 3), *([(False, True)] * 5), ("nucleus_mean", "pixel_shuffle"))
+    for classes, one_hot_on, instance, hv, colour, shuffle, kind in flags:
+        if not (one_hot_on or instance or hv or colour):
+            with pytest.raises(DataError, match="at least one channel"):
+                MapOptions(classes=False, instance=False, hv=False, colour=False)
+            continue
+        options = MapOptions(num_classes=classes, classes=one_hot_on, instance=instance, hv=hv, colour=colour,
+                             shuffle_colour=shuffle, colour_map=kind)
         maps = build_maps(inst, image, options, rng)
         assert maps.dtype == np.float32
         assert maps.shape == (map_channels(options),) + inst.shape
-        assert map_channels(options) == classes + instance + 2 * hv + 3 * colour
+        assert map_channels(options) == classes * one_hot_on + instance + 2 * hv + 3 * colour
         assert maps.min() >= -1.0 and maps.max() <= 1.0
 
 
@@ -106,7 +112,7 @@ def test_instance_edges_between_touching_instances_and_to_background():
 
 def test_hv_maps_range_background_and_signs_around_each_centroid():
     inst = two_apart()
-    hv = hv_maps(inst)
+    hv = hv_maps(inst, "centroid")
     assert hv.shape == (2,) + inst.shape and hv.dtype == np.float32
     assert hv.min() >= -1.0 and hv.max() <= 1.0
     assert (hv[:, inst == 0] == 0).all()

@@ -82,7 +82,7 @@ def test_cluster_then_fine_tune_then_synthesise(monuseg_root, tmp_path, capsys):
 
     out = tmp_path / "synthetic_set"
     argv = ["--ckpt", str(pretrained / "last.pt"), str(fine / "last.pt"), "--num_samples", "3", "--s", "1", "2",
-            "--timestep_respacing", "ddim4", "--batch_size", "2", "--match_struct", "--out_dir", str(out)]
+            "--timestep_respacing", "ddim4", "--batch_size", "2", "--layout_order", "in_order", "--out_dir", str(out)]
     assert inference.main(argv) == 0
     images = sorted((out / "images").glob("*.png"))
     assert len(images) == 2 * 2 * 3
@@ -112,6 +112,11 @@ def test_sdm_flags_are_checked_against_the_checkpoint(monuseg_root, tmp_path, ca
     assert "not for sdm checkpoints" in capsys.readouterr().err
     argv = ["--ckpt", str(run_dir / "last.pt"), "--shuffle_masks", "--match_struct", "--out_dir", str(tmp_path / "o")]
     assert inference.main(argv) == 2
+    assert "give one" in capsys.readouterr().err
+    for flag, message in (("--match_struct", "no colour map"), ("--shuffle_masks", "no colour map"),
+                          ("--preserve_nuclei_col", "pixel_shuffle colour map")):
+        assert inference.main(["--ckpt", str(run_dir / "last.pt"), flag, "--out_dir", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
