@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from common.cli import run_main
 from common.errors import ConfigError
 from common.files import read_csv_rows
-from common.options import Option, flag_bool, str_list
-from data.annotations import Annotation, ClassMap, DataError
+from common.options import Option, flag_bool, float_list, str_list
+from data.annotations import DEFAULT_SOFT_THRESHOLDS, SOFT_MODES, Annotation, ClassMap, DataError, check_soft_thresholds
 from data.condition_maps import MapOptions, map_settings
 from data.families import LAYOUT_DATASETS, PCAM_DATASETS, REGION_DATASETS, SEGMENTATION_DATASETS, TILE_DATASETS
 from data.meningioma import read_meningioma
@@ -63,6 +63,9 @@ from data.synthetic_regions import generate_synthetic_regions, regions_paths
 from data.style_sampling import STYLE_MODES
 from data.wsi import (
     SCALINGS,
+    SOFT_SAMPLINGS,
+    SPLITS,
+    ColorJitter,
     PatchOptions,
     StreamSampler,
     WSIEvalPatches,
@@ -77,21 +80,23 @@ O = Option
 DATA_OPTIONS: tuple[Option, ...] = (
     # patches
     O("tile_size", int, 64, "patch size in pixels (level 0 of a slide, or the tiles cut from layout images)", None, "patches"),
-    O("val_fraction", float, 0.2, "validation share: of each slide's annotations by y (y_percentile), of the layout images, or of a stack's training tiles", None, "patches"),
+    O("val_fraction", float, 0.2, "validation share: of each slide's annotations by y (the y-percentile splits cut at the (1 - this) quantile), of the layout images, or of a stack's training tiles", None, "patches"),
     O("augment", flag_bool, True, "random 90-degree rotations and flips", None, "patches"),
     # WSI data
     O("slides_dir", str, None, "folder of whole-slide images (default: the data set's layout)", None, "slides"),
     O("annotation_file", str, None, "SlideRunner .sqlite (spots, or region polygons for --dataset regions), MIDOG .json or meningioma folder", None, "slides"),
-    O("split_file", str, None, "CSV with columns slide,split: train/val for --split slides, train/heldout for --dataset regions", None, "slides"),
+    O("split_file", str, None, "CSV with columns slide,split: train/val for --split slides (with a y-percentile split: only its train slides take part, the rest are held out), train/heldout for --dataset regions", None, "slides"),
     O("mitotic_classes", str_list, None, "class names counted as mitotic (comma-separated)", None, "wsi data"),
     O("negative_classes", str_list, None, "class names used as negatives, or all (every class that is not mitotic; default: the data set's)", None, "wsi data"),
     O("tumor_types", str_list, None, "MIDOG: keep only these tumour types", None, "wsi data"),
-    O("annotators", str_list, None, "SlideRunner: persons whose votes make the soft labels", None, "wsi data"),
+    O("annotators", str_list, None, "voters whose votes make the soft labels: SlideRunner person names or ids (e.g. 1,2), MIDOG JSON vote positions (1-3; default: everyone)", None, "wsi data"),
     O("indeterminate", str, "negative", "meningioma: what INDET spots are", ("negative", "mitotic", "skip"), "wsi data"),
-    O("split", str, None, "train/val split: slides (CSV) or y_percentile (default: slides when a split file exists)", ("slides", "y_percentile"), "wsi data"),
+    O("split", str, None, "train/val split: slides (CSV), y_percentile (per slide, the (1 - val_fraction) y quantile of all annotations) or y_percentile_positive (of the mitotic ones, as the transition work did; default: slides when a split file exists)", SPLITS, "wsi data"),
     O("mite_ratio", float, 0.5, "fraction of mitotic patches in each training batch", None, "wsi data"),
     O("soft_vs_hard", str, "hard", "labels: hard (agreed class) or soft (share of mitotic votes)", ("soft", "hard"), "wsi data"),
-    O("soft_mode", str, "binned", "soft labels binned to 0/0.5/1 or continuous", ("binned", "continuous"), "wsi data"),
+    O("soft_mode", str, "binned", "soft labels from the share of mitotic votes: binned (0 none, 0.5 some, 1 all), thresholds (--soft_thresholds, as the transition work did) or continuous", SOFT_MODES, "wsi data"),
+    O("soft_thresholds", float_list, list(DEFAULT_SOFT_THRESHOLDS), "--soft_mode thresholds: low,high; share < low -> 0, low <= share <= high -> 0.5, share > high -> 1", None, "wsi data"),
+    O("soft_sampling", str, "hard_label", "training draws: hard_label (mitotic vs negative at --mite_ratio) or uniform_bins (each score bin 0 / 0.5 / 1 equally likely, then an annotation in it, as the transition work did)", SOFT_SAMPLINGS, "wsi data"),
     O("max_offset", int, 0, "random shift of the patch centre, in pixels", None, "wsi data"),
     O("scaling", str, "minmax", "pixel scaling to [-1, 1]: minmax, per-image 99th percentile clipped at 1, or unclipped as the transition work did", SCALINGS, "wsi data"),
     # layout data
@@ -145,6 +150,7 @@ def check_data_options(config: dict[str, Any]) -> None:
     for name, ok, expected in checks:
         if not ok:
             raise ConfigError(f"--{name} must be {expected}, got {config[name]}")
+    check_soft_options(config)
     if config["split"] == "slides" and config["split_file"] is None and config["dataset"] != "synthetic":
         raise ConfigError("--split slides needs --split_file CSV (columns slide,split)")
     if config["level"] is not None and config["mpp"] is not None:
@@ -159,6 +165,22 @@ def check_data_options(config: dict[str, Any]) -> None:
         config["ratios"] = segmentation_ratios(config)
     elif config.get("datasets") or config.get("ratios"):
         raise ConfigError(f"--datasets and --ratios are for --dataset {' or '.join(SEGMENTATION_DATASETS)}, not {config['dataset']}")
+
+
+def check_soft_options(config: dict[str, Any]) -> None:
+    """--soft_thresholds, --soft_sampling and --mite_ratio together (ConfigError); the thresholds become a pair."""
+    explicit = set(config.get("explicit", ()))
+    try:
+        config["soft_thresholds"] = list(check_soft_thresholds(config["soft_thresholds"]))
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    if "soft_thresholds" in explicit and config["soft_mode"] != "thresholds":
+        raise ConfigError(f"--soft_thresholds is for --soft_mode thresholds, not {config['soft_mode']}")
+    if config["soft_sampling"] == "uniform_bins":
+        if config["soft_vs_hard"] == "soft" and config["soft_mode"] == "continuous":
+            raise ConfigError("--soft_sampling uniform_bins draws the score bins 0 / 0.5 / 1: use --soft_mode binned or thresholds, not continuous")
+        if "mite_ratio" in explicit:
+            raise ConfigError("--mite_ratio and --soft_sampling uniform_bins contradict each other: uniform_bins draws each score bin equally often")
 
 
 def segmentation_folders(config: dict[str, Any]) -> list[Path]:
@@ -278,12 +300,15 @@ def read_annotations(path: Path, config: dict[str, Any]) -> list[Annotation]:
     if negative is not None and [n.lower() for n in negative] == ["all"]:
         negative = None  # every class that is not mitotic, as the original hard label (agreedClass == mitotic) has it
     class_map = ClassMap(mitotic=mitotic, negative=negative)
+    soft = dict(soft=config["soft_mode"], annotators=config["annotators"], thresholds=config.get("soft_thresholds", DEFAULT_SOFT_THRESHOLDS))
     if path.is_dir():
+        if config["annotators"]:
+            raise DataError(f"--annotators: the meningioma point files in {path} hold no votes (their score words are the soft labels)")
         return read_meningioma(path, indeterminate=config["indeterminate"])
     if path.suffix.lower() in (".sqlite", ".db", ".sqlite3"):
-        return read_sliderunner(path, class_map=class_map, soft=config["soft_mode"], annotators=config["annotators"])
+        return read_sliderunner(path, class_map=class_map, **soft)
     if path.suffix.lower() == ".json":
-        return read_midog_json(path, class_map=class_map, tumor_types=config["tumor_types"], soft=config["soft_mode"])
+        return read_midog_json(path, class_map=class_map, tumor_types=config["tumor_types"], **soft)
     if not path.exists():
         raise DataError(f"annotation file {path} does not exist")
     raise DataError(f"annotation file {path}: expected a SlideRunner .sqlite, a MIDOG .json or a folder of point files")
@@ -551,7 +576,8 @@ def build_datasets(config: dict[str, Any]) -> Datasets:
     paths = data_paths(config)
     annotations = read_annotations(paths["annotations"], config)
     mode = config["split"] or ("slides" if paths["split_file"] else "y_percentile")
-    train, val = split_annotations(annotations, mode, paths["split_file"], config["val_fraction"])
+    split_file = paths["split_file"] if mode == "slides" else config["split_file"]
+    train, val = split_annotations(annotations, mode, split_file, config["val_fraction"])
     slide_paths = resolve_slides(train + val, paths["slides"])
     check_tile_fits(slide_dimensions(slide_paths), config["tile_size"])
     options = PatchOptions(
@@ -560,13 +586,25 @@ def build_datasets(config: dict[str, Any]) -> Datasets:
         score=config["soft_vs_hard"],
         max_offset=config["max_offset"],
         augment=config["augment"],
+        jitter=patch_jitter(config),
     )
     eval_options = PatchOptions(tile_size=options.tile_size, scaling=options.scaling, score=options.score, augment=False)
     train_set = WSITrainPatches(
-        train, slide_paths, options, config["batch_size"], config["mite_ratio"], seed=config["seed"]
+        train, slide_paths, options, config["batch_size"], config["mite_ratio"], seed=config["seed"],
+        sampling=config.get("soft_sampling", "hard_label"),
     )
     val_set = WSIEvalPatches(val, slide_paths, eval_options) if val else None
     return Datasets(train_set, val_set, config["tile_size"], endless=True)
+
+
+def patch_jitter(config: dict[str, Any]) -> ColorJitter:
+    """The colour jitter of the training patches: classifiers' --color_jitter_p and --color_jitter ranges (off
+    for other model types and for runs that predate them)."""
+    p = config.get("color_jitter_p") or 0.0
+    if p <= 0:
+        return ColorJitter()
+    b_lo, b_hi, c_lo, c_hi, s_lo, s_hi, h_lo, h_hi = config["color_jitter"]
+    return ColorJitter(p, (b_lo, b_hi), (c_lo, c_hi), (s_lo, s_hi), (h_lo, h_hi))
 
 
 def validation_set(config: dict[str, Any]) -> Dataset | None:

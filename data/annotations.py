@@ -71,6 +71,28 @@ def bin_soft(value: float) -> float:
     return 0.5
 
 
+DEFAULT_SOFT_THRESHOLDS = (0.3, 0.66)
+
+
+def threshold_soft(value: float, thresholds: Sequence[float] = DEFAULT_SOFT_THRESHOLDS) -> float:
+    """Bin a share of mitotic votes by two thresholds (low, high), as the mitotic-figure transition work did:
+    share < low -> 0, low <= share <= high -> 0.5, share > high -> 1 (both thresholds belong to the middle bin)."""
+    low, high = thresholds
+    if value < low:
+        return 0.0
+    if value > high:
+        return 1.0
+    return 0.5
+
+
+def check_soft_thresholds(thresholds: Sequence[float]) -> tuple[float, float]:
+    """(low, high) when `thresholds` are two increasing numbers in (0, 1); DataError otherwise."""
+    values = tuple(float(t) for t in thresholds)
+    if len(values) != 2 or not 0.0 < values[0] < values[1] < 1.0:
+        raise DataError(f"--soft_thresholds: expected two increasing numbers in (0, 1) such as 0.3,0.66, got {list(thresholds)}")
+    return values[0], values[1]
+
+
 def parse_names(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """Accept a comma-separated string or a list of names."""
     if text is None:
@@ -82,7 +104,7 @@ def parse_names(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(items)
 
 
-SOFT_MODES = ("binned", "continuous")
+SOFT_MODES = ("binned", "thresholds", "continuous")
 
 
 def check_soft_mode(soft: str) -> None:
@@ -91,12 +113,20 @@ def check_soft_mode(soft: str) -> None:
         raise DataError(f"soft: expected one of {list(SOFT_MODES)}, got {soft!r}")
 
 
-def soft_from_votes(vote_labels: Sequence[int | None], hard: int, soft: str) -> float:
-    """Share of votes for a mitotic class (continuous or binned); the hard label when there are no votes.
+def soft_from_votes(
+    vote_labels: Sequence[int | None], hard: int, soft: str, thresholds: Sequence[float] = DEFAULT_SOFT_THRESHOLDS
+) -> float:
+    """Share of votes for a mitotic class: continuous, binned (0 / some / 1), or binned by `thresholds`
+    (soft "thresholds"); the hard label when there are no votes.
 
-    `vote_labels` holds ClassMap.label_of for each vote: 1 mitotic, 0 negative, None neither.
+    `vote_labels` holds ClassMap.label_of for each vote: 1 mitotic, 0 negative, None neither (a vote for a
+    class that is neither still counts as a vote, and not for mitotic).
     """
     if not vote_labels:
         return float(hard)
     share = sum(1 for v in vote_labels if v == 1) / len(vote_labels)
-    return bin_soft(share) if soft == "binned" else share
+    if soft == "binned":
+        return bin_soft(share)
+    if soft == "thresholds":
+        return threshold_soft(share, thresholds)
+    return share

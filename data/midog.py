@@ -6,7 +6,15 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.annotations import Annotation, ClassMap, DataError, check_soft_mode, normalise, soft_from_votes
+from data.annotations import (
+    DEFAULT_SOFT_THRESHOLDS,
+    Annotation,
+    ClassMap,
+    DataError,
+    check_soft_mode,
+    normalise,
+    soft_from_votes,
+)
 
 
 def _load(path: str | Path) -> tuple[dict[Any, dict], dict[Any, str], list[dict]]:
@@ -76,18 +84,40 @@ def _entry_fields(entry: dict, images: dict, categories: dict, source: str) -> t
     return image, name, [x1, y1, x2, y2]
 
 
+def _vote_positions(entries: list[dict], annotators: Sequence[str] | None, source: str) -> set[int] | None:
+    """0-based positions in `labels` of the votes that count (None: all): "2" or "annotator 2" is the second."""
+    if annotators is None:
+        return None
+    most = max((len(e.get("labels") or ()) for e in entries if isinstance(e, dict)), default=0)
+    positions: set[int] = set()
+    for annotator in annotators:
+        text = normalise(str(annotator)).removeprefix("annotator ").strip()
+        if not text.isdigit() or not 1 <= int(text) <= most:
+            raise DataError(f"{source}: unknown annotator {annotator!r}; MIDOG votes are numbered by their position in "
+                            f"'labels': 1 to {most} (or 'annotator 1' ...)")
+        positions.add(int(text) - 1)
+    return positions
+
+
 def read_midog_json(
     path: str | Path,
     class_map: ClassMap = ClassMap(),
     tumor_types: Sequence[str] | None = None,
     soft: str = "binned",
+    annotators: Sequence[str] | None = None,
+    thresholds: Sequence[float] = DEFAULT_SOFT_THRESHOLDS,
 ) -> list[Annotation]:
-    """Spot annotations (bbox centres) of the mitotic and negative classes, optionally of some tumour types."""
+    """Spot annotations (bbox centres) of the mitotic and negative classes, optionally of some tumour types.
+
+    Soft labels come from the votes in `labels` (two experts, and a third one where they disagreed), those of
+    `annotators` only when given (vote positions, 1-based), reduced by `soft` (binned, thresholds, continuous).
+    """
     check_soft_mode(soft)
     source = str(path)
     images, categories, entries = _load(path)
     class_map.check(categories.values(), source)
     selected = _selected_images(images, tumor_types, source)
+    positions = _vote_positions(entries, annotators, source)
     out = []
     for index, entry in enumerate(entries):
         image, name, (x1, y1, x2, y2) = _entry_fields(entry, images, categories, source)
@@ -99,7 +129,7 @@ def read_midog_json(
         votes = tuple(
             (f"annotator {i + 1}", categories[vote])
             for i, vote in enumerate(entry.get("labels") or ())
-            if vote in categories
+            if vote in categories and (positions is None or i in positions)
         )
         out.append(Annotation(
             slide=str(image["file_name"]),
@@ -107,7 +137,7 @@ def read_midog_json(
             y=(y1 + y2) / 2.0,
             class_name=name,
             label=label,
-            soft=soft_from_votes([class_map.label_of(v) for _, v in votes], label, soft),
+            soft=soft_from_votes([class_map.label_of(v) for _, v in votes], label, soft, thresholds),
             uid=str(entry.get("id", index)),
             kind="spot",
             bounds=(x1, y1, x2, y2),

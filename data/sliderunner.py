@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from data.annotations import (
+    DEFAULT_SOFT_THRESHOLDS,
     Annotation,
     ClassMap,
     DataError,
@@ -67,19 +68,39 @@ def _persons(con: sqlite3.Connection, tables: set[str]) -> dict[int, str]:
     return {uid: str(name) for uid, name in con.execute("SELECT uid, name FROM Persons") if name is not None}
 
 
+def _voters(con: sqlite3.Connection, tables: set[str]) -> set[int]:
+    """Ids of the persons who cast at least one vote (also those missing from Persons)."""
+    if "Annotations_label" not in tables:
+        return set()
+    return {int(p) for (p,) in con.execute("SELECT DISTINCT person FROM Annotations_label") if p is not None}
+
+
 def _wanted_persons(
-    persons: dict[int, str], annotators: Sequence[str] | None, source: Path
+    persons: dict[int, str], voters: set[int], annotators: Sequence[str] | None, source: Path
 ) -> set[int] | None:
-    """Person ids whose votes count, or None for everyone."""
+    """Person ids whose votes count, or None for everyone.
+
+    Each annotator is a person's name (case-insensitive) or, when no name matches, a person id (Persons.uid).
+    """
     if annotators is None:
         return None
     by_name = {normalise(name): uid for uid, name in persons.items()}
-    missing = [a for a in annotators if normalise(a) not in by_name]
+    ids = set(persons) | voters
+    wanted: set[int] = set()
+    missing: list[str] = []
+    for annotator in annotators:
+        text = str(annotator).strip()
+        uid = by_name.get(normalise(text))
+        if uid is None and text.isdigit() and int(text) in ids:
+            uid = int(text)
+        if uid is None:
+            missing.append(text)
+        else:
+            wanted.add(uid)
     if missing:
-        raise DataError(
-            f"{source}: unknown annotator(s) {missing}; the persons there are {sorted(persons.values())}"
-        )
-    return {by_name[normalise(a)] for a in annotators}
+        known = ", ".join(f"{uid} {persons.get(uid, '(unnamed)')}" for uid in sorted(ids))
+        raise DataError(f"{source}: unknown annotator(s) {missing}; the persons there are (id name) {known}")
+    return wanted
 
 
 def _votes(
@@ -138,7 +159,7 @@ def _load(path: str | Path, annotators: Sequence[str] | None = None) -> tuple[li
         tables = _tables(con)
         slides, classes = _slides_and_classes(con)
         persons = _persons(con, tables)
-        wanted = _wanted_persons(persons, annotators, source)
+        wanted = _wanted_persons(persons, _voters(con, tables), annotators, source)
         votes = _votes(con, tables, classes, persons, wanted)
         coords = _coordinates(con)
         columns = _columns(con, "Annotations")
@@ -199,8 +220,13 @@ def read_sliderunner(
     types: Sequence[int] = (1, 4),
     soft: str = "binned",
     annotators: Sequence[str] | None = None,
+    thresholds: Sequence[float] = DEFAULT_SOFT_THRESHOLDS,
 ) -> list[Annotation]:
-    """Annotations of the mitotic and negative classes of a SlideRunner database, in level-0 pixels."""
+    """Annotations of the mitotic and negative classes of a SlideRunner database, in level-0 pixels.
+
+    Soft labels come from the votes of `annotators` (names or person ids; everyone by default), reduced by
+    `soft` (binned, thresholds with `thresholds`, or continuous).
+    """
     check_soft_mode(soft)
     bad_types = [t for t in types if t not in KIND_OF_TYPE]
     if bad_types:
@@ -224,7 +250,7 @@ def read_sliderunner(
             y=y,
             class_name=record.class_name,
             label=label,
-            soft=soft_from_votes(vote_labels, label, soft),
+            soft=soft_from_votes(vote_labels, label, soft, thresholds),
             uid=str(record.uid),
             kind=KIND_OF_TYPE[record.type],
             bounds=bounds,

@@ -2,6 +2,8 @@
 
 - a seeded hold-out of whole groups (tiles of one source image, or single ids) by fraction;
 - per group, the items above a quantile of a value (annotations in the bottom part of each slide for training);
+- per group, the items at or above a quantile of the values of the group's reference items (the original
+  transition work's split: the y quantile of each slide's mitotic figures);
 - a contiguous tail (the last tiles of a stack);
 - a seeded pick of N labelled units per class (`--labelled_per_class`; the rest stay unlabelled).
 
@@ -77,6 +79,32 @@ def split_by_quantile(
     for members in by_group.values():
         cut = np.quantile([value(m) for m in members], 1.0 - fraction)
         group_kept, group_held = partition(members, lambda m: value(m) > cut)
+        kept += group_kept
+        held += group_held
+    return kept, held
+
+
+def split_by_reference_quantile(
+    items: Iterable[T], value: Callable[[T], float], group: Callable[[T], K], is_reference: Callable[[T], bool],
+    fraction: float,
+) -> tuple[list[T], list[T]]:
+    """(kept, held) per group: the cut is the (1 - fraction) quantile (linear interpolation, as np.percentile) of
+    the values of the group's reference items; items below the cut are kept, items at or above it held.
+
+    A group without reference items has no cut and is kept whole. Order as in `split_by_quantile`.
+    """
+    by_group: dict[K, list[T]] = {}
+    for item in items:
+        by_group.setdefault(group(item), []).append(item)
+    kept: list[T] = []
+    held: list[T] = []
+    for members in by_group.values():
+        reference = [value(m) for m in members if is_reference(m)]
+        if not reference:
+            kept += members
+            continue
+        cut = np.quantile(reference, 1.0 - fraction)
+        group_kept, group_held = partition(members, lambda m: value(m) >= cut)
         kept += group_kept
         held += group_held
     return kept, held

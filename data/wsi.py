@@ -8,15 +8,18 @@ from typing import Mapping, Sequence
 import numpy as np
 import openslide
 import torch
+from torchvision.transforms import functional as TF
 
 from common.files import read_csv_rows
 from data.annotations import Annotation, DataError
 from data.base import SeededDataset, dihedral
 from data.mixing import mixed_slots
-from data.splits import split_by_quantile
+from data.splits import split_by_quantile, split_by_reference_quantile
 
 SCALINGS = ("minmax", "percentile", "percentile_unclipped")
-SPLITS = ("slides", "y_percentile")
+SPLITS = ("slides", "y_percentile", "y_percentile_positive")
+SOFT_SAMPLINGS = ("hard_label", "uniform_bins")
+SCORE_BINS = (0.0, 0.5, 1.0)
 
 
 def read_patch(slide: openslide.OpenSlide, cx: float, cy: float, size: int) -> np.ndarray:
@@ -30,7 +33,7 @@ def read_patch(slide: openslide.OpenSlide, cx: float, cy: float, size: int) -> n
 
 
 def to_model_range(patch: np.ndarray, scaling: str = "minmax") -> np.ndarray:
-    """uint8 HxWx3 -> float32 3xHxW in [-1, 1]; 'percentile' divides by the image's 99th percentile first and clips
+    """uint8 (or float in [0, 255]) HxWx3 -> float32 3xHxW in [-1, 1]; 'percentile' divides by the image's 99th percentile first and clips
     at 1; 'percentile_unclipped' does not clip, as the mitotic-figure transition work did (the brightest 1 % of
     values then lie above 1)."""
     x = patch.astype(np.float32)
@@ -87,8 +90,13 @@ def split_annotations(
 ) -> tuple[list[Annotation], list[Annotation]]:
     """Train / validation split: by slide lists in a CSV (`slide,split`), or per slide by y percentile.
 
-    The y-percentile rule keeps, on every slide, the annotations below the (1 - val_fraction) quantile of y
-    for training and the rest for validation, so each slide contributes to both sets.
+    - y_percentile: on every slide, the annotations below the (1 - val_fraction) quantile of the y of all its
+      annotations train, the rest validate, so each slide contributes to both sets;
+    - y_percentile_positive (the mitotic-figure transition work): the cut is the (1 - val_fraction) quantile of
+      the y of the slide's mitotic (hard label 1) annotations only; y below the cut trains, y at or above it
+      validates; a slide without mitotic annotations trains whole.
+    With a y-percentile rule, a split file limits the split to the slides it assigns to train (the others, e.g.
+    held-out test slides, are left out).
     """
     if mode == "slides":
         if split_file is None:
@@ -99,11 +107,24 @@ def split_annotations(
         if not train:
             raise DataError(f"{split_file}: no annotated slide is assigned to 'train'")
         return train, val
+    if mode not in SPLITS:
+        raise DataError(f"--split: expected one of {SPLITS}, got {mode!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val_fraction must be in (0, 1), got {val_fraction}")
+    if split_file is not None:
+        annotations = on_training_slides(annotations, split_file)
     if mode == "y_percentile":
-        if not 0.0 < val_fraction < 1.0:
-            raise DataError(f"--val_fraction must be in (0, 1), got {val_fraction}")
         return split_by_quantile(annotations, lambda a: a.y, lambda a: a.slide, val_fraction)
-    raise DataError(f"--split: expected one of {SPLITS}, got {mode!r}")
+    return split_by_reference_quantile(annotations, lambda a: a.y, lambda a: a.slide, lambda a: a.label == 1, val_fraction)
+
+
+def on_training_slides(annotations: Sequence[Annotation], split_file: str | Path) -> list[Annotation]:
+    """The annotations on the slides that the split file assigns to train (DataError when there are none)."""
+    assignment = read_split_file(split_file)
+    kept = [a for a in annotations if assignment.get(a.slide) == "train"]
+    if not kept:
+        raise DataError(f"{split_file}: no annotated slide is assigned to 'train'")
+    return kept
 
 
 def read_split_file(path: str | Path) -> dict[str, str]:
@@ -113,12 +134,41 @@ def read_split_file(path: str | Path) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class ColorJitter:
+    """torchvision's ColorJitter: factor ranges of brightness, contrast and saturation, a hue shift range, applied
+    in a random order with probability `p` (to training patches only, before the pixel scaling)."""
+
+    p: float = 0.0
+    brightness: tuple[float, float] = (1.0, 1.0)
+    contrast: tuple[float, float] = (1.0, 1.0)
+    saturation: tuple[float, float] = (1.0, 1.0)
+    hue: tuple[float, float] = (0.0, 0.0)
+
+
+def color_jitter(patch: np.ndarray, jitter: ColorJitter, rng: np.random.Generator) -> np.ndarray:
+    """HxWx3 uint8 -> float32 HxWx3 in [0, 255]: torchvision's colour adjustments in an order and with factors drawn
+    from `rng` (uniformly in each range), as ColorJitter does with torch's global generator."""
+    image = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float() / 255.0
+    adjustments = (
+        (TF.adjust_brightness, jitter.brightness),
+        (TF.adjust_contrast, jitter.contrast),
+        (TF.adjust_saturation, jitter.saturation),
+        (TF.adjust_hue, jitter.hue),
+    )
+    for which in rng.permutation(len(adjustments)):
+        adjust, (low, high) = adjustments[which]
+        image = adjust(image, float(rng.uniform(low, high)))
+    return (image * 255.0).permute(1, 2, 0).numpy()
+
+
+@dataclass(frozen=True)
 class PatchOptions:
     tile_size: int = 64
     scaling: str = "minmax"
     score: str = "soft"
     max_offset: int = 0
     augment: bool = True
+    jitter: ColorJitter = ColorJitter()
 
 
 class _SlidePatches(SeededDataset):
@@ -139,18 +189,25 @@ class _SlidePatches(SeededDataset):
     def augment(self, value: bool) -> None:
         self.options = replace(self.options, augment=value)
 
+    def score_of(self, ann: Annotation) -> float:
+        """The condition / target of an annotation: its soft label, or its hard label."""
+        return ann.soft if self.options.score == "soft" else float(ann.label)
+
     def _slide(self, name: str) -> openslide.OpenSlide:
         return self.handle(name, lambda: openslide.OpenSlide(str(self.slide_paths[name])))
 
-    def _sample(self, ann: Annotation, dx: int = 0, dy: int = 0, k: int = 0) -> dict:
+    def _sample(self, ann: Annotation, dx: int = 0, dy: int = 0, k: int = 0,
+                jitter_rng: np.random.Generator | None = None) -> dict:
+        """The patch around `ann` (shifted, turned); colour-jittered when a `jitter_rng` is given and draws it."""
         opts = self.options
         patch = read_patch(self._slide(ann.slide), ann.x + dx, ann.y + dy, opts.tile_size)
         if k:
             patch = dihedral(patch, k)
-        score = ann.soft if opts.score == "soft" else float(ann.label)
+        if jitter_rng is not None and opts.jitter.p > 0 and jitter_rng.random() < opts.jitter.p:
+            patch = color_jitter(patch, opts.jitter, jitter_rng)
         return {
             "image": torch.from_numpy(to_model_range(patch, opts.scaling)),
-            "score": torch.tensor(score, dtype=torch.float32),
+            "score": torch.tensor(self.score_of(ann), dtype=torch.float32),
             "label": ann.label,
             "meta": {"slide": ann.slide, "x": float(ann.x), "y": float(ann.y), "uid": ann.uid},
         }
@@ -159,10 +216,13 @@ class _SlidePatches(SeededDataset):
 class WSITrainPatches(_SlidePatches):
     """Training patches: sample i is fully determined by (seed, i), so any position in the stream can be resumed.
 
-    With `mite_ratio` r, every batch of `batch_size` consecutive indices holds floor(r * B) or ceil(r * B)
-    mitotic patches (the expected share is exactly r). A class is drawn first, then an annotation uniformly
-    among that class, which draws each slide in proportion to its count of that class. Without `mite_ratio`,
-    annotations are drawn uniformly (the data's own ratio).
+    `sampling` "hard_label": with `mite_ratio` r, every batch of `batch_size` consecutive indices holds
+    floor(r * B) or ceil(r * B) mitotic patches (the expected share is exactly r). A class is drawn first, then an
+    annotation uniformly among that class, which draws each slide in proportion to its count of that class.
+    Without `mite_ratio`, annotations are drawn uniformly (the data's own ratio).
+    `sampling` "uniform_bins" (the mitotic-figure transition work): each sample draws one of the score bins
+    0 / 0.5 / 1 that hold training annotations with equal probability, then an annotation uniformly within it;
+    `mite_ratio` is not used.
     """
 
     def __init__(
@@ -173,42 +233,63 @@ class WSITrainPatches(_SlidePatches):
         batch_size: int,
         mite_ratio: float | None = 0.5,
         seed: int = 0,
+        sampling: str = "hard_label",
     ):
         super().__init__(slide_paths, options)
         self.annotations = list(annotations)
+        if not self.annotations:
+            raise DataError("the training set has no annotations")
+        if sampling not in SOFT_SAMPLINGS:
+            raise DataError(f"--soft_sampling: expected one of {SOFT_SAMPLINGS}, got {sampling!r}")
         self.mitotic = [a for a in self.annotations if a.label == 1]
         self.negative = [a for a in self.annotations if a.label == 0]
-        if mite_ratio is not None:
+        self.bins = self.score_bins() if sampling == "uniform_bins" else []
+        if mite_ratio is not None and sampling == "hard_label":
             if not 0.0 <= mite_ratio <= 1.0:
                 raise DataError(f"--mite_ratio must be in [0, 1], got {mite_ratio}")
             if mite_ratio > 0 and not self.mitotic:
                 raise DataError("--mite_ratio > 0 but the training set has no mitotic annotations")
             if mite_ratio < 1 and not self.negative:
                 raise DataError("--mite_ratio < 1 but the training set has no negative annotations")
-        if not self.annotations:
-            raise DataError("the training set has no annotations")
         self.batch_size = batch_size
         self.mite_ratio = mite_ratio
         self.seed = seed
+        self.sampling = sampling
 
     def __len__(self) -> int:
         return len(self.annotations)
+
+    def score_bins(self) -> list[list[Annotation]]:
+        """The training annotations by score (0, 0.5, 1), empty bins left out (DataError for other scores)."""
+        bins: dict[float, list[Annotation]] = {b: [] for b in SCORE_BINS}
+        for ann in self.annotations:
+            score = self.score_of(ann)
+            if score not in bins:
+                raise DataError(f"--soft_sampling uniform_bins needs scores 0, 0.5 or 1 (--soft_mode binned or "
+                                f"thresholds), got {score:g} for annotation {ann.uid} of {ann.slide}")
+            bins[score].append(ann)
+        return [members for members in bins.values() if members]
 
     def is_mitotic_slot(self, index: int) -> bool:
         """Whether stream position `index` holds a mitotic patch (decided per batch)."""
         batch, pos = divmod(index, self.batch_size)
         return bool(mixed_slots(self.mite_ratio, self.batch_size, np.random.default_rng([self.seed, batch, 0]))[pos])
 
+    def pool(self, index: int, rng: np.random.Generator) -> list[Annotation]:
+        """The annotations that stream position `index` draws from."""
+        if self.sampling == "uniform_bins":
+            return self.bins[int(rng.integers(len(self.bins)))]
+        if self.mite_ratio is None:
+            return self.annotations
+        return self.mitotic if self.is_mitotic_slot(index) else self.negative
+
     def __getitem__(self, index: int) -> dict:
         rng = self.sample_rng(index, 1)
-        if self.mite_ratio is None:
-            pool = self.annotations
-        else:
-            pool = self.mitotic if self.is_mitotic_slot(index) else self.negative
+        pool = self.pool(index, rng)
         ann = pool[int(rng.integers(len(pool)))]
         off = self.options.max_offset
         dx, dy = (rng.integers(-off, off + 1, size=2) if off > 0 else (0, 0))
-        return self._sample(ann, int(dx), int(dy), self.draw_dihedral(rng))
+        return self._sample(ann, int(dx), int(dy), self.draw_dihedral(rng), self.sample_rng(index, 2))
 
 
 class WSIEvalPatches(_SlidePatches):

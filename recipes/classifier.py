@@ -5,12 +5,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
 from common.checkpoint import load_local_weights
 from common.errors import ConfigError
-from common.options import Option
+from common.options import Option, float_list
 from data.families import WSI_DATASETS
 from recipes.base import Recipe
 from recipes.tasks import ClassifierTask, Task
@@ -18,16 +19,22 @@ from recipes.tasks import ClassifierTask, Task
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# brightness, contrast and saturation factor ranges and the hue shift range of the mitotic-figure transition work
+ORIGINAL_COLOR_JITTER = (0.4, 1.2, 0.5, 4.0, 0.6, 3.0, -0.15, 0.15)
 
 
 class ResNetClassifier(nn.Module):
-    """torchvision ResNet taking images in [-1, 1] and returning one mitosis logit per image."""
+    """torchvision ResNet taking images in [-1, 1] and returning one mitosis logit per image; `upsample` > 1
+    enlarges the images bilinearly by that factor first (64 px patches reach the ResNet as 256 px)."""
 
-    def __init__(self, arch: str = "resnet18"):
+    def __init__(self, arch: str = "resnet18", upsample: int = 1):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"--model_type: expected one of {ARCHITECTURES}, got {arch!r}")
+        if int(upsample) < 1:
+            raise ValueError(f"--classifier_upsample: expected a factor of at least 1, got {upsample}")
         self.arch = arch
+        self.upsample = int(upsample)
         self.backbone = getattr(models, arch)(weights=None)
         self.backbone.fc = nn.Linear(self.backbone.fc.in_features, 1)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -35,7 +42,7 @@ class ResNetClassifier(nn.Module):
 
     @property
     def config(self) -> dict:
-        return {"arch": self.arch}
+        return {"arch": self.arch, "upsample": self.upsample}
 
     def load_pretrained(self, path: str | Path) -> None:
         """Load an ImageNet (torchvision) state dict from a local file; the 1000-class head is left out."""
@@ -49,6 +56,8 @@ class ResNetClassifier(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample > 1:
+            x = F.interpolate(x, scale_factor=self.upsample, mode="bilinear", align_corners=False)
         x = ((x + 1.0) * 0.5 - self.mean) / self.std
         return self.backbone(x).squeeze(1)
 
@@ -75,7 +84,22 @@ class Ensemble(nn.Module):
 CLASSIFIER_OPTIONS = (
     Option("ensemble", int, None, "train ensemble member N (own seed, folder resnet/Ensemble_N)", None, "classifier"),
     Option("pretrained_weights", str, None, "local torchvision ResNet state dict to start from", None, "classifier"),
+    Option("classifier_upsample", int, 1, "bilinear upsampling factor of the input before the ResNet, part of the model (stored in the checkpoint, applied at scoring too; 4 as the transition work did)", None, "classifier"),
+    Option("color_jitter_p", float, 0.0, "probability of torchvision colour jitter on a training patch, before the pixel scaling (0: off; 0.5 as the transition work did)", None, "classifier"),
+    Option("color_jitter", float_list, list(ORIGINAL_COLOR_JITTER), "jitter ranges: brightness, contrast, saturation factors (low,high each) and hue shift (low,high); default the transition work's", None, "classifier"),
 )
+
+
+def check_color_jitter(ranges: list[float]) -> None:
+    """ConfigError unless `ranges` are 8 numbers: three factor ranges (0 <= low <= high) and a hue range in [-0.5, 0.5]."""
+    expected = "8 numbers b_low,b_high,c_low,c_high,s_low,s_high,h_low,h_high (factors >= 0, hue in [-0.5, 0.5], low <= high)"
+    if len(ranges) != 8:
+        raise ConfigError(f"--color_jitter: expected {expected}, got {len(ranges)} numbers")
+    pairs = list(zip(ranges[0::2], ranges[1::2]))
+    factors_ok = all(0.0 <= low <= high for low, high in pairs[:3])
+    hue_low, hue_high = pairs[3]
+    if not factors_ok or not -0.5 <= hue_low <= hue_high <= 0.5:
+        raise ConfigError(f"--color_jitter: expected {expected}, got {','.join(f'{v:g}' for v in ranges)}")
 
 
 class Classifier(Recipe):
@@ -97,12 +121,23 @@ class Classifier(Recipe):
         super().finalise(config)
         if config["ensemble"] is not None and config["ensemble"] < 0:
             raise ConfigError(f"--ensemble must be a non-negative member index, got {config['ensemble']}")
+        if config["classifier_upsample"] < 1:
+            raise ConfigError(f"--classifier_upsample must be a factor of at least 1, got {config['classifier_upsample']}")
+        if not 0.0 <= config["color_jitter_p"] <= 1.0:
+            raise ConfigError(f"--color_jitter_p must be in [0, 1], got {config['color_jitter_p']}")
+        check_color_jitter(config["color_jitter"])
+        if "color_jitter" in config.get("explicit", ()) and config["color_jitter_p"] == 0:
+            raise ConfigError("--color_jitter sets the jitter ranges, but --color_jitter_p is 0 (no jitter): give --color_jitter_p too")
 
     def model_config(self, config: dict[str, Any], data: Any) -> dict[str, Any]:
-        return {"arch": self.name}
+        return {"arch": self.name, "upsample": config["classifier_upsample"]}
+
+    def upgrade(self, model_config: dict[str, Any]) -> dict[str, Any]:
+        """Classifiers stored before --classifier_upsample took their input as it came (factor 1)."""
+        return {"upsample": 1, **model_config}
 
     def build_network(self, model_config: dict[str, Any]) -> nn.Module:
-        return ResNetClassifier(model_config["arch"])
+        return ResNetClassifier(model_config["arch"], model_config.get("upsample", 1))
 
     def initialise(self, model: nn.Module, config: dict[str, Any]) -> None:
         """--pretrained_weights: a local torchvision state dict."""
