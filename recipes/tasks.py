@@ -136,7 +136,8 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def ssim_batch(x: torch.Tensor, y: torch.Tensor) -> list[float]:
     """SSIM of each pair of images in [-1, 1] with the settings of tools.evaluate (metrics.structural.ssim: Gaussian
-    window sigma 1.5, 7 px border strip, population statistics, scored in [0, 1])."""
+    window sigma 1.5 with 11 taps and an 11 px window (a 5 px border strip left out), population statistics,
+    scored in [0, 1]: Wang et al. and scikit-image's gaussian_weights=True defaults)."""
     return ssim(x.float().clamp(-1, 1), y.float().clamp(-1, 1)).tolist()
 
 

@@ -2,6 +2,11 @@
 
 python -m tools.evaluate --real data/real_tiles --fake outputs/generated --metrics ssim,ms_ssim,fid,kid,pr --out results/eval.json
 python -m tools.evaluate --fake runs/demo/stedm_samples --metrics style_distance --out runs/demo/stedm_samples/style.json
+python -m tools.evaluate --real data/kpc/test --fake outputs/ldm --metrics ssim,ms_ssim --metric_preset kpc --out results/kpc.json
+
+--metric_preset picks the SSIM/MS-SSIM convention (default: Wang et al.; kpc: the KPC latent work's choices, see
+tools/evaluation.py METRIC_PRESETS); --ssim_window, --ssim_gaussian and --ssim_sample_covariance given explicitly
+replace the preset's value of that one setting. The results record the convention used.
 
 style_distance needs only --fake, a STEDM output folder with samples.csv (see metrics/style_distance.py); it also
 writes style_distance.csv (per tile) and style_distance.png (scatter) beside --out.
@@ -15,17 +20,22 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common.cli import run_main
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError
 from common.files import write_csv_atomic, write_text_atomic
 from common.options import str_list
 from tools.evaluation import (
+    METRIC_PRESETS,
     METRICS,
+    NLL_CONDITIONS,
     controllability,
+    layout_adherence,
     distribution_metrics,
     feature_network,
     load_images,
     lpips_network,
+    match_sizes,
     nll_bits_per_dim,
+    ssim_convention,
     structural_metrics,
     style_distance,
     style_outputs,
@@ -33,7 +43,7 @@ from tools.evaluation import (
 )
 from common.runtime import pick_device
 
-NO_IMAGE_SET_METRICS = {"nll", "controllability", "style_distance"}
+NO_IMAGE_SET_METRICS = {"nll", "controllability", "style_distance", "layout_dice"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="classifier checkpoint whose penultimate layer gives the FID/KID/PR features")
     p.add_argument("--nll_ckpt", help="diffusion checkpoint whose variational bound (bits/dim) is computed on --real")
     p.add_argument("--nll_images", type=int, default=64, help="real images used for the NLL (default 64; each costs T network passes)")
+    p.add_argument("--nll_condition", choices=NLL_CONDITIONS, default="null", help="bound of a conditional model with the null condition (unconditional) or each real image's true condition from --nll_condition_csv (default null)")
+    p.add_argument("--nll_condition_csv", help="--nll_condition true: CSV with file,condition per --real image (file relative to --real, suffix optional, or a tile name of a .npy stack; condition: class id or score)")
+    p.add_argument("--segmenter", help="layout_dice: a segmentation checkpoint trained on real tiles that segments the --fake tiles")
     p.add_argument("--targets", help="controllability: CSV with file,condition of generated images (inference.py's scores.csv)")
     p.add_argument("--classifier_ckpts", nargs="+", help="controllability: the classifier ensemble (files or folders)")
+    p.add_argument("--metric_preset", choices=tuple(METRIC_PRESETS), default="default", help="SSIM/MS-SSIM convention: default (Wang et al.) or kpc (the KPC latent work: scikit-image SSIM win 3 uniform sample-covariance, torchmetrics MS-SSIM, generated images resized bilinearly to the real size)")
+    p.add_argument("--ssim_window", type=int, help="SSIM window in px, odd >= 3 (default: the preset's, 11 or 3); with the Gaussian it sets only the border strip left out, (N-1)/2 px")
+    p.add_argument("--ssim_gaussian", action=argparse.BooleanOptionalAction, help="Gaussian-weighted (sigma 1.5, 11 taps) or uniform N x N SSIM window (default: the preset's)")
+    p.add_argument("--ssim_sample_covariance", action=argparse.BooleanOptionalAction, help="sample (N^2/(N^2-1)) instead of population variances and covariance in SSIM (default: the preset's)")
     p.add_argument("--batch_size", type=int, default=32, help="images per network pass (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of random pairs and KID subsets (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -73,6 +90,16 @@ def check(args: argparse.Namespace, metrics: list[str]) -> None:
         raise ConfigError("--metrics lpips needs --lpips_weights PATH (a local VGG16 or AlexNet state dict)")
     if "nll" in metrics and not (args.nll_ckpt and args.real):
         raise ConfigError("--metrics nll needs --nll_ckpt and --real")
+    check_nll_condition(args, metrics)
+    ssim_flags = {"--ssim_window": args.ssim_window, "--ssim_gaussian": args.ssim_gaussian,
+                  "--ssim_sample_covariance": args.ssim_sample_covariance}
+    given = [flag for flag, value in ssim_flags.items() if value is not None]
+    if given and "ssim" not in metrics:
+        raise ConfigError(f"{', '.join(given)} set(s) the SSIM of --metrics ssim, which is not asked for")
+    if "layout_dice" in metrics and not (args.fake and args.segmenter):
+        raise ConfigError("--metrics layout_dice needs --fake (generated tiles with their layouts) and --segmenter CKPT")
+    if args.segmenter and "layout_dice" not in metrics:
+        raise ConfigError("--segmenter is read only with --metrics layout_dice")
     if "controllability" in metrics and not (args.targets and args.classifier_ckpts):
         raise ConfigError("--metrics controllability needs --targets CSV and --classifier_ckpts")
     if "style_distance" in metrics:
@@ -85,6 +112,16 @@ def check(args: argparse.Namespace, metrics: list[str]) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it")
+
+
+def check_nll_condition(args: argparse.Namespace, metrics: list[str]) -> None:
+    """--nll_condition true needs the true conditions, and a condition file is only read for it."""
+    if (args.nll_condition != "null" or args.nll_condition_csv) and "nll" not in metrics:
+        raise ConfigError("--nll_condition and --nll_condition_csv set the bound of --metrics nll, which is not asked for")
+    if args.nll_condition == "true" and not args.nll_condition_csv:
+        raise ConfigError("--nll_condition true needs --nll_condition_csv CSV with file,condition of every --real image")
+    if args.nll_condition_csv and args.nll_condition != "true":
+        raise ConfigError("--nll_condition_csv is read only with --nll_condition true")
 
 
 def check_style(args: argparse.Namespace) -> None:
@@ -103,6 +140,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     metrics = str_list(args.metrics)
     check(args, metrics)
+    convention = ssim_convention(args.metric_preset, args.ssim_window, args.ssim_gaussian, args.ssim_sample_covariance)
     device = pick_device(args.device)
     results: dict[str, Any] = {"metrics": metrics}
     real = load_images(args.real, args.image_size, args.limit, "--real") if args.real else None
@@ -110,21 +148,28 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     fake = load_images(args.fake, args.image_size, args.limit, "--fake") if needs_fake else None
     if real is not None and fake is not None:
         results.update(real=real.source, fake=fake.source, n_real=len(real.names), n_fake=len(fake.names))
-        if real.images.shape[-1] != fake.images.shape[-1]:
-            raise DataError(f"--real images are {real.images.shape[-1]} px and --fake {fake.images.shape[-1]} px; pass --image_size")
+        fake, resized = match_sizes(real, fake, args.metric_preset)
+        results.update(resized)
         structural = [m for m in ("ssim", "ms_ssim", "lpips") if m in metrics]
         if structural:
             lpips = lpips_network(args.lpips_backbone, args.lpips_weights, args.lpips_linear) if "lpips" in structural else None
-            values, paired = structural_metrics(real, fake, structural, args.paired, args.pairs, args.seed, args.batch_size, device, lpips)
+            values, paired = structural_metrics(real, fake, structural, args.paired, args.pairs, args.seed, args.batch_size,
+                                                device, lpips, convention)
             results.update(values, paired=paired)
+            if {"ssim", "ms_ssim"} & set(structural):
+                results.update(convention.record())
         distribution = [m for m in ("fid", "kid", "pr") if m in metrics]
         if distribution:
             network = feature_network(args.inception_weights, args.features, device)
             results.update(distribution_metrics(real, fake, distribution, network, args.batch_size, device, args.seed))
     if "nll" in metrics:
-        results.update(nll_bits_per_dim(args.nll_ckpt, real, args.nll_images, args.batch_size, device))
+        results.update(nll_bits_per_dim(args.nll_ckpt, real, args.nll_images, args.batch_size, device,
+                                        args.nll_condition, args.nll_condition_csv))
     if "controllability" in metrics:
         results.update(controllability(args.targets, args.classifier_ckpts, args.batch_size, device))
+    if "layout_dice" in metrics:
+        results.setdefault("fake", args.fake)
+        results.update(layout_adherence(args.fake, args.segmenter, device))
     style_rows = None
     if "style_distance" in metrics:
         values, style_rows = style_distance(args.fake, args.limit)

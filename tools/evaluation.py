@@ -4,7 +4,7 @@ Also the colour-based style distance of STEDM output folders (see metrics/style_
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,13 +26,21 @@ from metrics.features import (
     InceptionFeatures,
     extract,
 )
-from metrics.structural import ms_ssim, paired_scores, ssim, unpaired_scores
+from metrics.structural import SSIMConvention, paired_scores, unpaired_scores
 from metrics.style_distance import StyleRow, read_style_distances, summarize
 from model import load_checkpoint, load_ensemble
-from recipes.transitions import spearman
+from recipes.transitions import RISE_TOLERANCE, spearman
+from tools.segmentation import read_tiled_folder, score_model
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-METRICS = ("ssim", "ms_ssim", "lpips", "fid", "kid", "pr", "nll", "controllability", "style_distance")
+METRICS = ("ssim", "ms_ssim", "lpips", "fid", "kid", "pr", "nll", "controllability", "style_distance", "layout_dice")
+# Each preset: the SSIM/MS-SSIM convention, and whether generated images of another size are resized to the real size.
+METRIC_PRESETS = {
+    "default": (SSIMConvention(), False),
+    "kpc": (SSIMConvention("kpc", window=3, gaussian=False, sample_covariance=True, ms_ssim="torchmetrics"), True),
+}
+RESIZE_MODE = "bilinear"
+NLL_CONDITIONS = ("null", "true")
 STYLE_CSV = "style_distance.csv"
 STYLE_PLOT = "style_distance.png"
 STYLE_COLUMNS = ("file", "layout_unit", "style_units", "d_style", "d_layout", "same_source")
@@ -90,13 +98,37 @@ def pair_by_name(real: ImageSet, fake: ImageSet) -> tuple[torch.Tensor, torch.Te
     return real.images[list(r)], fake.images[list(f)]
 
 
+def ssim_convention(preset: str, window: int | None, gaussian: bool | None,
+                    sample_covariance: bool | None) -> SSIMConvention:
+    """The preset's SSIM convention with the --ssim_* flags that were given put over it (an explicit flag wins)."""
+    if preset not in METRIC_PRESETS:
+        raise ConfigError(f"--metric_preset: expected one of {', '.join(METRIC_PRESETS)}, got {preset!r}")
+    given = {"window": window, "gaussian": gaussian, "sample_covariance": sample_covariance}
+    return replace(METRIC_PRESETS[preset][0], **{k: v for k, v in given.items() if v is not None})
+
+
+def match_sizes(real: ImageSet, fake: ImageSet, preset: str) -> tuple[ImageSet, dict[str, str]]:
+    """The generated set at the real images' size: resized bilinearly where the preset says so (with the result
+    field saying so), else a DataError when the sizes differ."""
+    real_size, fake_size = tuple(real.images.shape[-2:]), tuple(fake.images.shape[-2:])
+    if real_size == fake_size:
+        return fake, {}
+    if not METRIC_PRESETS[preset][1]:
+        raise DataError(f"--real images are {real_size[0]}x{real_size[1]} px and --fake {fake_size[0]}x{fake_size[1]} px; "
+                        f"pass --image_size (or --metric_preset kpc, which resizes --fake to the real size)")
+    images = F.interpolate(fake.images, size=real_size, mode=RESIZE_MODE, align_corners=False, antialias=False)
+    note = f"{RESIZE_MODE} (align_corners=False, no antialiasing) from {fake_size[0]}x{fake_size[1]} to {real_size[0]}x{real_size[1]}"
+    return ImageSet(images.clamp(-1, 1), fake.names, fake.source), {"fake_resized": note}
+
+
 def structural_metrics(real: ImageSet, fake: ImageSet, names: Sequence[str], paired: str, pairs: int, seed: int,
-                       batch: int, device: torch.device, lpips: LPIPS | None) -> tuple[dict[str, float], bool]:
+                       batch: int, device: torch.device, lpips: LPIPS | None,
+                       convention: SSIMConvention = SSIMConvention()) -> tuple[dict[str, float], bool]:
     """SSIM, MS-SSIM and LPIPS; paired by file name when the names match (or when --paired yes), else random pairs."""
     matched = pair_by_name(real, fake) if paired != "no" else None
     if paired == "yes" and matched is None:
         raise DataError(f"--paired yes: the file names of {fake.source} are not all found in {real.source}")
-    fns = {"ssim": ssim, "ms_ssim": ms_ssim}
+    fns = {"ssim": convention.ssim_fn(), "ms_ssim": convention.ms_ssim_fn()}
     if lpips is not None:
         lpips = lpips.to(device)
         fns["lpips"] = lambda x, y: lpips(x, y)
@@ -150,25 +182,79 @@ def distribution_metrics(real: ImageSet, fake: ImageSet, names: Sequence[str], n
     return out
 
 
-def nll_bits_per_dim(ckpt: str, real: ImageSet, count: int, batch: int, device: torch.device) -> dict[str, float]:
-    """Variational bound of a pixel-space diffusion checkpoint on the first `count` real images, in bits/dim."""
+def nll_bits_per_dim(ckpt: str, real: ImageSet, count: int, batch: int, device: torch.device,
+                     condition: str = "null", condition_csv: str | None = None) -> dict[str, Any]:
+    """Variational bound of a pixel-space diffusion checkpoint on the first `count` real images, in bits/dim:
+    with the null condition (`null`, the model's unconditional bound) or each image's true condition (`true`)."""
     loaded = load_checkpoint(ckpt, device)
     if loaded.model_type not in ("diffusion",):
         raise DataError(f"--nll_ckpt {ckpt} holds a {loaded.model_type} model; the bound needs an unconditional or class-conditional pixel diffusion model")
-    size = loaded.model_config["unet"]["image_size"]
+    unet = loaded.model_config["unet"]
+    size = unet["image_size"]
     images = real.images[:count]
     if images.shape[-1] != size:
         raise DataError(f"--nll_ckpt expects {size} px images; {real.source} has {images.shape[-1]} px (use --image_size {size})")
-    conditions = loaded.model_config["unet"]["conditions"]
+    conditions = list(unet["conditions"])
+    values = None
+    if condition == "true":
+        values = true_conditions(condition_csv, real.names[:count], conditions, unet.get("num_labels", 0), ckpt)
     diffusion = loaded.diffusion
     totals = []
     for i in tqdm(range(0, len(images), batch), desc="variational bound"):
         x0 = images[i : i + batch].to(device)
-        drop = torch.ones(len(x0), dtype=torch.bool, device=device)
-        model_fn = lambda x, t: loaded.model(x, t, None, drop) if conditions else loaded.model(x, t)
+        drop = torch.full((len(x0),), values is None, dtype=torch.bool, device=device)
+        cond = None if values is None else {conditions[0]: values[i : i + batch].to(device)}
+        model_fn = lambda x, t: loaded.model(x, t, cond, drop) if conditions else loaded.model(x, t)
         totals.append(diffusion.variational_bound(model_fn, x0)["total_bpd"].cpu())
     bpd = torch.cat(totals)
-    return {"nll_bpd": float(bpd.mean()), "nll_bpd_std": float(bpd.std()) if len(bpd) > 1 else 0.0, "nll_images": len(bpd)}
+    used = condition if conditions else "unconditional model"
+    return {"nll_bpd": float(bpd.mean()), "nll_bpd_std": float(bpd.std()) if len(bpd) > 1 else 0.0,
+            "nll_images": len(bpd), "nll_condition": used}
+
+
+def true_conditions(csv_path: str | None, names: Sequence[str], conditions: Sequence[str], num_labels: int,
+                    ckpt: str) -> torch.Tensor:
+    """The condition of each named real image from a file,condition CSV, as the model's one vector condition takes it."""
+    if list(conditions) not in (["label"], ["score"]):
+        what = "an unconditional model" if not conditions else f"a model conditioned on {', '.join(conditions)}"
+        raise ConfigError(f"--nll_condition true: --nll_ckpt {ckpt} is {what}; true conditions are read for one "
+                          f"label or score condition only")
+    if not csv_path:
+        raise ConfigError("--nll_condition true needs --nll_condition_csv CSV with file,condition of every --real image")
+    path = Path(csv_path)
+    rows = read_csv_rows(path, ("file", "condition"), "--nll_condition_csv")
+    by_name = {_image_name(r["file"]): (r["condition"], line) for line, r in enumerate(rows, start=2)}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise DataError(f"--nll_condition_csv {path}: no condition for {len(missing)} image(s), e.g. {missing[:3]}")
+    parse = _label if conditions[0] == "label" else _score
+    return torch.tensor([parse(*by_name[n], path, num_labels) for n in names])
+
+
+def _image_name(file: str) -> str:
+    """A CSV file entry as an ImageSet name: the path without an image suffix."""
+    path = Path(file)
+    return str(path.with_suffix("")) if path.suffix.lower() in IMAGE_SUFFIXES else str(path)
+
+
+def _label(text: str, line: int, path: Path, num_labels: int) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = -1
+    if not 0 <= value < num_labels:
+        raise DataError(f"--nll_condition_csv {path}, line {line}: condition {text!r} is not a class id in 0..{num_labels - 1}")
+    return value
+
+
+def _score(text: str, line: int, path: Path, num_labels: int) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise DataError(f"--nll_condition_csv {path}, line {line}: score {text!r} is not in [0, 1]")
+    return value
 
 
 def controllability(targets_csv: str, classifier_ckpts: list[str], batch: int, device: torch.device) -> dict[str, float]:
@@ -184,7 +270,41 @@ def controllability(targets_csv: str, classifier_ckpts: list[str], batch: int, d
         scores = torch.cat([ensemble(images[i : i + batch].to(device)).cpu() for i in range(0, len(images), batch)]).numpy()
     positive = target >= 0.5
     auc = float(roc_auc_score(positive, scores)) if 0 < positive.sum() < len(positive) else float("nan")
-    return {"controllability_spearman": spearman(target, scores), "controllability_auc": auc, "controllability_images": len(rows)}
+    result = {"controllability_spearman": spearman(target, scores), "controllability_auc": auc,
+              "controllability_images": len(rows)}
+    if "sequence" in rows[0]:
+        result["controllability_rising_share"] = rising_sequences([r["sequence"] for r in rows], target, scores)
+        result["controllability_rise_tolerance"] = RISE_TOLERANCE
+    return result
+
+
+def rising_sequences(sequences: Sequence[str], target: np.ndarray, scores: np.ndarray,
+                     tolerance: float = RISE_TOLERANCE) -> float:
+    """Share of sequences whose score, ordered by target condition, never falls by more than `tolerance`."""
+    rising = []
+    for sequence in dict.fromkeys(sequences):
+        members = np.array([s == sequence for s in sequences])
+        order = np.argsort(target[members], kind="stable")
+        rising.append(bool((np.diff(scores[members][order]) >= -tolerance).all()))
+    return float(np.mean(rising))
+
+
+def layout_adherence(folder: str, segmenter: str, device: torch.device) -> dict[str, Any]:
+    """How closely generated tiles follow their layouts: a nucleus segmentation checkpoint trained on real tiles
+    segments each generated tile of `folder` (images/ with labels/ or bin_masks/, as inference.py writes for sdm),
+    scored against the tile's own layout (Dice of the nucleus masks and object F1 at IoU 0.5, means over tiles)."""
+    path = Path(segmenter)
+    if not path.is_file():
+        raise ConfigError(f"--segmenter {path}: no such checkpoint (a --model_type segmentation run's best.pt or last.pt)")
+    loaded = load_checkpoint(path, device)
+    if loaded.model_type != "segmentation":
+        raise ConfigError(f"--segmenter {path} holds a {loaded.model_type} model; layout_dice needs a segmentation checkpoint")
+    tiles = read_tiled_folder(folder)
+    if not tiles:
+        raise DataError(f"--fake {folder}: no generated tiles with layouts (expected images/ and labels/ or bin_masks/)")
+    scores = score_model(loaded.model.eval(), tiles, "layout_dice")
+    return {"layout_dice": scores["dice"], "layout_object_f1": scores["f1"], "layout_precision": scores["precision"],
+            "layout_recall": scores["recall"], "layout_tiles": len(tiles), "segmenter": str(path)}
 
 
 def _condition(text: str, path: Path, line: int) -> float:
