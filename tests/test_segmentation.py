@@ -259,24 +259,68 @@ def test_run_downstream_writes_results_and_never_trains_on_held_out(tmp_path, mo
     assert len(scored_on) == 3 and all(s == held for s in scored_on)
     held_sources = {source_of(n) for n in held}
     assert len(held_sources) == 2  # round(0.3 * 5 source images)
-    assert [set(t) for t in trained_on] == [{"real_train"}, {"real_train", "synthetic"}, {"synthetic"}]
-    train_real = trained_on[0]["real_train"]
+    setting = f"real_{len(trained_on[0][next(iter(trained_on[0]))])}_seed_0"
+    assert [set(t) for t in trained_on] == [{setting}, {setting, "synthetic"}, {"synthetic"}]
+    train_real = trained_on[0][setting]
     assert train_real | held == set(names) and not {source_of(n) for n in train_real} & held_sources
     synthetic = trained_on[1]["synthetic"]
     assert synthetic == {f"sdm_s2_{names.index(n):05d}_{n}" for n in train_real} | {"other_00", "other_01"}
-    assert trained_on[1]["real_train"] == train_real and trained_on[2]["synthetic"] == synthetic
+    assert trained_on[1][setting] == train_real and trained_on[2]["synthetic"] == synthetic
     runs = tmp_path / "results" / "downstream_runs"
     for ratio in ("0", "0.5", "1"):
-        assert (runs / f"ratio_{ratio}" / "segmentation_seg_tiles" / "last.pt").is_file()
+        assert (runs / setting / f"ratio_{ratio}" / "segmentation_seg_tiles" / "last.pt").is_file()
     with out.open() as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == ["ratio", "n_real", "n_synthetic", "dice", "f1", "precision", "recall"]
+    assert list(table[0]) == ["real_tiles", "ratio", "seed", "n_real", "n_synthetic", "dice", "f1", "precision", "recall"]
     n_train, n_syn = str(len(train_real)), str(len(synthetic))
     assert [(r["n_real"], r["n_synthetic"]) for r in table] == [(n_train, "0"), (n_train, n_syn), ("0", n_syn)]
     assert all(0 <= float(r[c]) <= 1 for r in table for c in ("dice", "f1", "precision", "recall"))
     assert out.with_suffix(".png").stat().st_size > 0
+    with (tmp_path / "results" / "downstream_summary.csv").open() as fh:
+        summary = list(csv.DictReader(fh))
+    assert [float(r["dice_mean"]) for r in summary] == pytest.approx([float(r["dice"]) for r in table])
+    assert all(float(r["dice_std"]) == 0 and r["runs"] == "1" for r in summary)
     with pytest.raises(ValueError, match="already exists; pass --overwrite"):
         run_downstream(real, [gen], [0], settings=QUICK, out_csv=out, progress=False)
+
+
+def test_small_data_settings_draw_real_tiles_per_seed_and_summarise(tmp_path, monkeypatch):
+    names = [f"img{c}_0_{i}" for c in "ABCDEFGH" for i in (0, 32)]
+    real = write_tiled_folder(tmp_path / "real", 0, names=names)
+    gen = write_tiled_folder(tmp_path / "gen", 3, seed=2, mask_folder="labels")
+    trained: list[tuple[frozenset[str], int]] = []
+
+    def fake_train(folders, shares, out_dir, settings):
+        real_tiles = {p.name for f in folders if Path(f).name != "synthetic" for p in list_pairs(f)}
+        trained.append((frozenset(real_tiles), settings.seed))
+        return Path(out_dir) / "last.pt"
+
+    scores = iter(np.linspace(0.1, 0.9, 12))
+
+    def fake_score(*args, **kwargs):
+        value = float(next(scores))
+        return {"dice": value, "f1": value, "precision": value, "recall": value}
+
+    monkeypatch.setattr(segmentation, "train_model", fake_train)
+    monkeypatch.setattr(segmentation, "score_checkpoint", fake_score)
+    out = tmp_path / "small.csv"
+    rows = run_downstream(real, [gen], [0, 0.5], settings=QUICK, out_csv=out, progress=False,
+                          real_counts=[2, 4, None], seeds=[0, 1])
+    everything = len(trained[-1][0])
+    assert [(r["real_tiles"], r["seed"], r["ratio"]) for r in rows] == [
+        (n, seed, ratio) for n in (2, 4, everything) for seed in (0, 1) for ratio in (0, 0.5)]
+    assert [seed for _, seed in trained] == [0, 0, 1, 1] * 3
+    assert [len(tiles) for tiles, _ in trained] == [2, 2, 2, 2, 4, 4, 4, 4] + [everything] * 4
+    assert trained[0][0] == trained[1][0] and trained[0][0] != trained[2][0]  # one draw per seed, another per seed
+    assert trained[8][0] == trained[10][0]  # every tile, whatever the seed
+    summary = list(csv.DictReader((tmp_path / "small_summary.csv").open()))
+    assert [(r["real_tiles"], r["ratio"], r["runs"]) for r in summary][:2] == [("2", "0", "2"), ("2", "0.5", "2")]
+    first = [r["dice"] for r in rows if r["real_tiles"] == 2 and r["ratio"] == 0]
+    assert float(summary[0]["dice_mean"]) == pytest.approx(np.mean(first))
+    assert float(summary[0]["dice_std"]) == pytest.approx(np.std(first))
+    assert out.with_suffix(".png").stat().st_size > 0
+    with pytest.raises(ValueError, match="--real_counts: 99 real tiles asked for"):
+        run_downstream(real, [gen], [0], settings=QUICK, out_csv=tmp_path / "x.csv", real_counts=[99], progress=False)
 
 
 def test_scoring_pads_tiles_that_are_no_multiple_of_32():
@@ -320,3 +364,30 @@ def test_cli_runs_and_reports_bad_input(tmp_path, capsys):
     assert "--ratios" in capsys.readouterr().err
     assert segmentation.main(args + ["--overwrite", "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+def test_layout_dice_scores_generated_tiles_against_their_layouts(tmp_path, monkeypatch, capsys):
+    import json
+
+    from tools import evaluate
+
+    real = write_tiled_folder(tmp_path / "real", 4)
+    checkpoint = segmentation.train_model([real], [1.0], tmp_path / "runs", QUICK)
+    generated = write_tiled_folder(tmp_path / "generated", 3, seed=4, mask_folder="labels")
+    layouts = [np.asarray(Image.open(p)) > 0 for p in sorted((generated / "labels").glob("*.png"))]
+    # A segmenter that calls the dark pixels nuclei: the dark discs are exactly the layouts, except on one tile.
+    monkeypatch.setattr(segmentation, "predict_mask", lambda model, image: image.mean(axis=2) < 150)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(generated / "labels" / "tile_02.png")
+    dark = [np.asarray(Image.open(p)).mean(axis=2) < 150 for p in sorted((generated / "images").glob("*.png"))]
+    expected = np.mean([dice_score(d, m) for d, m in zip(dark, layouts[:2] + [np.zeros((32, 32), bool)])])
+    out = tmp_path / "layout.json"
+    argv = ["--metrics", "layout_dice", "--fake", str(generated), "--segmenter", str(checkpoint), "--out", str(out)]
+    assert evaluate.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["layout_dice"] == pytest.approx(expected) and expected < 0.9 and result["layout_tiles"] == 3
+    assert evaluate.main(argv[:4] + ["--out", str(tmp_path / "no.json")]) == 2
+    assert "--segmenter CKPT" in capsys.readouterr().err
+    missing = argv[:5] + [str(tmp_path / "nowhere.pt"), "--out", str(tmp_path / "no.json")]
+    assert evaluate.main(missing) == 2
+    assert "nowhere.pt: no such checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "no.json").exists()

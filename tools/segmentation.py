@@ -4,9 +4,11 @@ A tiled folder holds `images/*.png` (RGB), `bin_masks/*.png` or `labels/*.png` (
 `labels/` wins when both exist) and `inst_masks/*.tif` (uint16 instance ids), matched by file stem. The real
 tiles are split by source image; for each share of synthetic tiles per batch (`--ratios`) one `--model_type
 segmentation` run (train.py, `--dataset seg_tiles` mixing the real training tiles and the synthetic tiles) is
-trained, and its last checkpoint is scored on the held-out real tiles (nucleus Dice, object F1).
+trained, and its last checkpoint is scored on the held-out real tiles (nucleus Dice, object F1). `--real_counts`
+repeats this with only that many real training tiles and `--seeds` with several seeds (mean and spread).
 
 `python -m tools.segmentation --real DIR --synthetic GEN_DIR --ratios 0,0.5 --out results/downstream.csv`
+`python -m tools.segmentation --real DIR --synthetic GEN_DIR --real_counts 8,16,32 --seeds 0,1,2 --out results/small.csv`
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import argparse
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -47,7 +49,9 @@ from data.monuseg import (  # noqa: E402
 from data.splits import split_by_group  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 
-RESULT_COLUMNS = ("ratio", "n_real", "n_synthetic", "dice", "f1", "precision", "recall")
+METRIC_COLUMNS = ("dice", "f1", "precision", "recall")
+RESULT_COLUMNS = ("real_tiles", "ratio", "seed", "n_real", "n_synthetic", *METRIC_COLUMNS)
+SUMMARY_COLUMNS = ("real_tiles", "ratio", "runs", *(f"{m}_{s}" for m in METRIC_COLUMNS for s in ("mean", "std")))
 # The encoders of segmentation_models_pytorch downsample by 32: held-out tiles are padded to a multiple of it.
 UNET_MULTIPLE = 32
 
@@ -174,8 +178,9 @@ def write_tile_pairs(tiles: Sequence[Tile], folder: Path) -> Path:
 
 
 def stage_tiles(tiles: DownstreamTiles, folder: Path) -> dict[str, Path]:
-    """Write the real training tiles and the usable synthetic tiles under `folder`; 'real' / 'synthetic' -> folder."""
-    staged = {"real": write_tile_pairs(tiles.train_real, folder / "real_train")}
+    """Write the real training tiles (when any) and the usable synthetic tiles under `folder`;
+    'real' / 'synthetic' -> folder."""
+    staged = {"real": write_tile_pairs(tiles.train_real, folder / "real_train")} if tiles.train_real else {}
     if tiles.synthetic:
         staged["synthetic"] = write_tile_pairs(tiles.synthetic, folder / "synthetic")
     return staged
@@ -224,13 +229,17 @@ def score_checkpoint(checkpoint: Path, held_out: Sequence[Tile], device: torch.d
     """Dice, object F1, precision and recall of a segmentation checkpoint on each held-out tile, averaged over tiles."""
     if not held_out:
         raise ValueError("score_checkpoint: no held-out tiles")
-    model = load_checkpoint(checkpoint, device).model
+    return score_model(load_checkpoint(checkpoint, device).model, held_out, checkpoint.parent.name, progress)
+
+
+def score_model(model: nn.Module, tiles: Sequence[Tile], name: str = "", progress: bool = True) -> dict[str, float]:
+    """Dice, object F1, precision and recall of a segmentation network's nucleus masks on each tile, averaged over tiles."""
     scores = []
-    for tile in tqdm(held_out, desc=f"score {checkpoint.parent.name}", disable=not progress, dynamic_ncols=True, leave=False):
+    for tile in tqdm(tiles, desc=f"score {name}".strip(), disable=not progress, dynamic_ncols=True, leave=False):
         pred = predict_mask(model, tile.image)
         scores.append((dice_score(pred, tile.mask), *object_f1(pred, tile.instances)))
     mean = np.mean(scores, axis=0)
-    return {name: float(value) for name, value in zip(RESULT_COLUMNS[3:], mean)}
+    return {name: float(value) for name, value in zip(METRIC_COLUMNS, mean)}
 
 
 # ---------------------------------------------------------------------------------------------- downstream run
@@ -262,29 +271,58 @@ def comes_from(name: str, held_names: set[str], held_sources: set[str]) -> bool:
     return any(tail in held_names or (TILE_NAME.match(tail) and source_of(tail) in held_sources) for tail in tails)
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    """The result rows as an aligned text table."""
-    lines = ["  ".join(f"{c:>11}" for c in RESULT_COLUMNS)]
-    for row in rows:
-        cells = [f"{row['ratio']:>11g}", f"{row['n_real']:>11d}", f"{row['n_synthetic']:>11d}"]
-        cells += [f"{row[c]:>11.4f}" for c in RESULT_COLUMNS[3:]]
-        lines.append("  ".join(cells))
+def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """Rows as an aligned text table of `columns` (numbers with four decimals, counts as integers)."""
+    def cell(value: object) -> str:
+        return f"{value:>11.4f}" if isinstance(value, float) else f"{value!s:>11}"
+
+    lines = ["  ".join(f"{c:>11}" for c in columns)]
+    lines += ["  ".join(cell(row[c]) for c in columns) for row in rows]
     return "\n".join(lines)
 
 
-def plot_downstream(rows: Sequence[dict], path: Path) -> None:
-    """Bars of Dice and object F1 per synthetic ratio, written atomically."""
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5), dpi=120)
-    for offset, key, name in ((-0.2, "dice", "Dice"), (0.2, "f1", "object F1")):
-        values = [row[key] for row in rows]
-        bars = ax.bar(x + offset, values, width=0.4, label=name)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(x, [f"{row['ratio']:g}" for row in rows])
-    ax.set_xlabel("share of synthetic tiles per batch")
-    ax.set_ylabel("score on held-out real tiles")
-    ax.set_ylim(0, 1.08)
-    ax.legend(loc="lower right", fontsize=8)
+def summarise(rows: Sequence[dict]) -> list[dict]:
+    """Mean and standard deviation (over seeds) of every metric per (real tiles, ratio), in the rows' order."""
+    groups: dict[tuple[int, float], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["real_tiles"], row["ratio"]), []).append(row)
+    summary = []
+    for (real_tiles, ratio), members in groups.items():
+        entry: dict = {"real_tiles": real_tiles, "ratio": ratio, "runs": len(members)}
+        for metric in METRIC_COLUMNS:
+            values = np.array([m[metric] for m in members], dtype=np.float64)
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = float(values.mean()), float(values.std())
+        summary.append(entry)
+    return summary
+
+
+def plot_downstream(summary: Sequence[dict], path: Path) -> None:
+    """Dice and object F1 against the number of real tiles, one line per synthetic ratio, with +-1 std over seeds
+    (bars per ratio when there is one real-tile setting), written atomically."""
+    counts = sorted({row["real_tiles"] for row in summary})
+    ratios = list(dict.fromkeys(row["ratio"] for row in summary))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120, sharey=True)
+    for ax, key, name in ((axes[0], "dice", "nucleus Dice"), (axes[1], "f1", "object F1")):
+        for index, ratio in enumerate(ratios):
+            points = sorted((row["real_tiles"], row[f"{key}_mean"], row[f"{key}_std"]) for row in summary if row["ratio"] == ratio)
+            x, mean, std = (np.array(v) for v in zip(*points))
+            label = f"{ratio:g} synthetic"
+            if len(counts) > 1:
+                ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
+            else:
+                bar = ax.bar(index, mean, yerr=std, capsize=3, label=label)
+                ax.bar_label(bar, fmt="%.2f", fontsize=7)
+        if len(counts) > 1:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(counts, [str(c) for c in counts])
+            ax.set_xlabel("real training tiles")
+        else:
+            ax.set_xticks(range(len(ratios)), [f"{r:g}" for r in ratios])
+            ax.set_xlabel(f"share of synthetic tiles per batch ({counts[0]} real tiles)")
+        ax.set_title(name)
+        ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("score on held-out real tiles")
+    axes[1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     try:
         save_figure_atomic(fig, path)
@@ -351,6 +389,21 @@ def prepare_outputs(out: Path, overwrite: bool) -> Path:
     return runs
 
 
+def keep_real_tiles(tiles: Sequence[Tile], count: int | None, seed: int) -> list[Tile]:
+    """`count` of the real training tiles drawn without replacement by `seed` (all of them for None)."""
+    if count is None:
+        return list(tiles)
+    if count > len(tiles):
+        raise ConfigError(f"--real_counts: {count} real tiles asked for, but the training split has {len(tiles)}")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(tiles), size=count, replace=False))
+    return [tiles[i] for i in chosen]
+
+
+def summary_path(out: Path) -> Path:
+    """Where the mean and spread over seeds go: <out stem>_summary.csv beside the results."""
+    return out.with_name(f"{out.stem}_summary.csv")
+
+
 def run_downstream(
     real_dir: str | os.PathLike,
     synthetic_dirs: Sequence[str | os.PathLike],
@@ -360,35 +413,76 @@ def run_downstream(
     out_csv: str | os.PathLike = "results/downstream.csv",
     overwrite: bool = False,
     progress: bool = True,
+    real_counts: Sequence[int | None] = (None,),
+    seeds: Sequence[int] | None = None,
 ) -> list[dict]:
-    """Train one segmentation run per ratio (same seed) on the real training split plus synthetic tiles; score held-out real tiles.
+    """For every number of real training tiles, seed and synthetic ratio, train one segmentation run on that many
+    real tiles of the training split (drawn by the seed) plus synthetic tiles, and score it on the held-out real tiles.
 
-    Writes `out_csv` (one row per ratio), a bar plot with the same name and a .png suffix, and the staged tiles and
-    run folders under <out stem>_runs/ (tiles/, ratio_<r>/segmentation_seg_tiles/).
+    The held-out split is drawn by `settings.seed` and is the same for every run; a run's seed draws its real tiles,
+    its batches and its initial weights. Writes `out_csv` (one row per run), <out stem>_summary.csv (mean and
+    standard deviation over seeds per real-tile count and ratio), a plot with the results' name and a .png suffix,
+    and the staged tiles and run folders under <out stem>_runs/ (tiles/, real_<n>_seed_<s>/ratio_<r>/).
     """
-    out, ratios = Path(out_csv), list(ratios)
+    out, ratios, seeds = Path(out_csv), list(ratios), list(seeds) if seeds is not None else [settings.seed]
     check_ratios(ratios, held_out_fraction, synthetic_dirs)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--out: {out} already exists; pass --overwrite to replace it")
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--seeds: expected distinct seeds, got {seeds}")
+    if not real_counts or any(c is not None and c < 1 for c in real_counts):
+        raise ConfigError(f"--real_counts: expected positive counts, got {list(real_counts)}")
+    for path in (out, summary_path(out)):
+        if path.exists() and not overwrite:
+            raise ConfigError(f"--out: {path} already exists; pass --overwrite to replace it")
     tiles = split_tiles(real_dir, synthetic_dirs, held_out_fraction, settings.seed)
     if any(r > 0 for r in ratios) and not tiles.synthetic:
         raise ConfigError("--synthetic: no synthetic tiles are left once those made from held-out layouts are left out")
+    for count in real_counts:
+        keep_real_tiles(tiles.train_real, count, seeds[0])
     print(f"real tiles: {len(tiles.train_real)} for training, {len(tiles.held_out)} held out; synthetic tiles: {len(tiles.synthetic)}")
     runs = prepare_outputs(out, overwrite)
-    staged = stage_tiles(tiles, runs / "tiles")
+    synthetic = stage_tiles(DownstreamTiles([], [], tiles.synthetic), runs / "tiles")
     device = pick_device(settings.device)
     rows = []
-    for ratio in ratios:
-        folders, shares = mixture(ratio, staged)
-        checkpoint = train_model(folders, shares, runs / f"ratio_{ratio:g}", settings)
-        metrics = score_checkpoint(checkpoint, tiles.held_out, device, progress)
-        counts = {"n_real": len(tiles.train_real) if ratio < 1 else 0, "n_synthetic": len(tiles.synthetic) if ratio > 0 else 0}
-        rows.append({"ratio": ratio, **counts, **metrics})
-    print(format_table(rows))
+    for count in real_counts:
+        for seed in seeds:
+            kept = keep_real_tiles(tiles.train_real, count, seed)
+            setting = f"real_{len(kept)}_seed_{seed}"
+            staged = {**synthetic, "real": write_tile_pairs(kept, runs / "tiles" / setting)}
+            for ratio in ratios:
+                folders, shares = mixture(ratio, staged)
+                checkpoint = train_model(folders, shares, runs / setting / f"ratio_{ratio:g}", replace(settings, seed=seed))
+                metrics = score_checkpoint(checkpoint, tiles.held_out, device, progress)
+                counts = {"n_real": len(kept) if ratio < 1 else 0, "n_synthetic": len(tiles.synthetic) if ratio > 0 else 0}
+                rows.append({"real_tiles": len(kept), "ratio": ratio, "seed": seed, **counts, **metrics})
+    summary = summarise(rows)
+    print(format_table(rows, RESULT_COLUMNS))
+    if len(seeds) > 1:
+        print(format_table(summary, SUMMARY_COLUMNS))
     write_csv_atomic(out, RESULT_COLUMNS, rows)
-    plot_downstream(rows, out.with_suffix(".png"))
-    print(f"results: {out}, plot: {out.with_suffix('.png')}, runs: {runs}")
+    write_csv_atomic(summary_path(out), SUMMARY_COLUMNS, summary)
+    plot_downstream(summary, out.with_suffix(".png"))
+    print(f"results: {out}, {summary_path(out)}, plot: {out.with_suffix('.png')}, runs: {runs}")
     return rows
+
+
+def parse_counts(text: str | None) -> list[int | None]:
+    """'8,16,32' -> [8, 16, 32]; None or 'all' -> [None] (every real training tile)."""
+    if text is None or text.strip().lower() == "all":
+        return [None]
+    try:
+        return [None if part.strip().lower() == "all" else int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--real_counts: expected comma-separated counts (or all), got {text!r}") from None
+
+
+def parse_seeds(text: str | None, default: int) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; None -> [default]."""
+    if text is None:
+        return [default]
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected comma-separated integers, got {text!r}") from None
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -408,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300, help="training steps per model (default 300)")
     p.add_argument("--batch_size", type=int, default=8, help="batch size (default 8)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, the batches and the weights (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and, without --seeds, of the batches and the weights (default 0)")
+    p.add_argument("--real_counts", help="numbers of real training tiles to train with, e.g. 8,16,32 (each drawn by the run's seed; default all)")
+    p.add_argument("--seeds", help="repeat every setting with these seeds (real tiles drawn, batches, weights), e.g. 0,1,2; the results give mean and spread")
     p.add_argument("--held_out", type=float, default=0.3, help="share of real source images held out for scoring (default 0.3)")
     p.add_argument("--seg_encoder", default="resnet34", help="segmentation_models_pytorch encoder of the UNet (default resnet34)")
     p.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes of each run (default 2)")
@@ -427,7 +523,8 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
     if args.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {args.lr}")
     settings = TrainSettings(args.steps, args.batch_size, args.lr, args.seed, args.seg_encoder, args.device, args.num_workers)
-    return run_downstream(args.real, args.synthetic, parse_ratios(args.ratios), args.held_out, settings, args.out, args.overwrite)
+    return run_downstream(args.real, args.synthetic, parse_ratios(args.ratios), args.held_out, settings, args.out, args.overwrite,
+                          real_counts=parse_counts(args.real_counts), seeds=parse_seeds(args.seeds, args.seed))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
