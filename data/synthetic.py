@@ -43,7 +43,7 @@ MITOTIC_CLASS = "Mitotic figure"
 LOOKALIKE_CLASS = "Mitotic figure lookalike"
 ANNOTATORS = ("expert 1", "expert 2")
 CLASS_COLOURS = {MITOTIC_CLASS: "#fc7ca7", LOOKALIKE_CLASS: "#c5b6b2"}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TILE = 256
 MIN_LEVEL_SIZE = 512
 EDGE_MARGIN = 64
@@ -52,6 +52,7 @@ MIN_SIZE = 4 * EDGE_MARGIN
 LAST_MODIFIED = 1_700_000_000.0
 SPOT, POLYGON = 1, 3
 DATABASE_STREAM = 1_000_003
+AMBIGUITY_STREAM = 1_000_033
 
 
 
@@ -74,7 +75,10 @@ class SyntheticConfig:
     """Parameters of a synthetic dataset.
 
     `nuclei_density` is ordinary nuclei per 100 x 100 px where the tissue is most cellular; `disagreement`
-    is the share of annotated objects on which one of the two annotators votes for the other class.
+    is the share of annotated objects on which one of the two annotators votes for the other class. As on real
+    slides, the annotators disagree on the ambiguous objects: every object has an ambiguity in [0, 1]
+    (Beta(`ambiguity_alpha`, `ambiguity_beta`)) that moves its look toward the other class, and the objects voted on by
+    both classes are drawn with probability proportional to the squared ambiguity.
     """
 
     num_slides: int = 3
@@ -85,6 +89,8 @@ class SyntheticConfig:
     lookalike_per_slide: int = 80
     nuclei_density: float = 14.0
     disagreement: float = 0.12
+    ambiguity_alpha: float = 0.6
+    ambiguity_beta: float = 2.0
 
     def validate(self) -> None:
         """Raise DataError naming the first parameter that is out of range."""
@@ -99,16 +105,23 @@ class SyntheticConfig:
             raise DataError(f"nuclei_density: expected >= 0, got {self.nuclei_density}")
         if not 0.0 <= self.disagreement < 1.0:
             raise DataError(f"disagreement: expected a share in [0, 1), got {self.disagreement}")
+        if min(self.ambiguity_alpha, self.ambiguity_beta) <= 0:
+            raise DataError(
+                f"ambiguity_alpha / ambiguity_beta: expected Beta parameters > 0, got {self.ambiguity_alpha} / "
+                f"{self.ambiguity_beta}"
+            )
 
 
 @dataclass(frozen=True)
 class SyntheticObject:
-    """One annotated object: level-0 centre, its true class and the shape it was drawn with."""
+    """One annotated object: level-0 centre, its true class, the shape it was drawn with and how far its look
+    leans toward the other class (0: typical, 1: halfway)."""
 
     x: int
     y: int
     class_name: str
     shape: str
+    ambiguity: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,13 +184,14 @@ MITOSIS_SHAPES: dict[str, Callable[[np.random.Generator, np.ndarray, np.ndarray]
 }
 
 
-def draw_mitosis(rng: np.random.Generator, shape: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """A mitotic figure: dark blue-black, condensed, irregular chromatin with ragged edges."""
+def draw_mitosis(rng: np.random.Generator, shape: str, ambiguity: float = 0.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """A mitotic figure: dark blue-black, condensed, irregular chromatin with ragged edges; an ambiguous one is
+    paler, smoother and softer-edged, like a look-alike."""
     yy, xx = local_grid(FIGURE_RADIUS)
-    distance = MITOSIS_SHAPES[shape](rng, yy, xx) + 1.1 * smooth_noise(rng, yy.shape, 0.8)
-    alpha = soft_inside(distance, 0.45)
+    distance = MITOSIS_SHAPES[shape](rng, yy, xx) + 1.1 * (1.0 - 0.7 * ambiguity) * smooth_noise(rng, yy.shape, 0.8)
+    alpha = soft_inside(distance, 0.45 + 0.3 * ambiguity)
     clumping = np.clip(smooth_noise(rng, yy.shape, 1.2), -2.0, 2.0)
-    h = rng.uniform(2.1, 2.7) * (0.9 + 0.12 * clumping)
+    h = rng.uniform(2.1, 2.7) * (0.9 + 0.12 * (1.0 - ambiguity) * clumping) * (1.0 - 0.15 * ambiguity)
     return alpha, h.astype(np.float32), 0.05
 
 
@@ -206,14 +220,19 @@ LOOKALIKE_SHAPES: dict[str, Callable[[np.random.Generator, np.ndarray, np.ndarra
 }
 
 
-def draw_lookalike(rng: np.random.Generator, shape: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """A look-alike: dark but smooth, in eosinophilic cytoplasm; returns (cytoplasm, alpha, h, e)."""
+def draw_lookalike(
+    rng: np.random.Generator, shape: str, ambiguity: float = 0.0, texture_rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A look-alike: dark but smooth, in eosinophilic cytoplasm; an ambiguous one is darker, with ragged edges
+    (noise from `texture_rng`) and less cytoplasm, like a mitotic figure. Returns (cytoplasm, alpha, h, e)."""
     yy, xx = local_grid(FIGURE_RADIUS)
     distance, cell_radius = LOOKALIKE_SHAPES[shape](rng, yy, xx)
-    cytoplasm = 0.85 * soft_inside(np.sqrt(yy**2 + xx**2) - cell_radius, 1.2)
-    alpha = soft_inside(distance, 0.5)
+    if ambiguity > 0 and texture_rng is not None:
+        distance = distance + 0.8 * ambiguity * smooth_noise(texture_rng, yy.shape, 0.8)
+    cytoplasm = 0.85 * (1.0 - 0.6 * ambiguity) * soft_inside(np.sqrt(yy**2 + xx**2) - cell_radius, 1.2)
+    alpha = soft_inside(distance, 0.5 - 0.1 * ambiguity)
     shading = 1.0 - 0.08 * np.clip(-distance / 6.0, 0.0, 1.0)
-    h = rng.uniform(1.8, 2.4) * shading
+    h = rng.uniform(1.8, 2.4) * shading * (1.0 + 0.12 * ambiguity)
     return cytoplasm, alpha, h.astype(np.float32), 0.1
 
 
@@ -255,8 +274,13 @@ def render_tissue(
     mitotic: int = 48,
     lookalikes: int = 80,
     nuclei_density: float = 14.0,
+    ambiguity_rng: np.random.Generator | None = None,
+    ambiguity_shape: tuple[float, float] = (0.6, 2.0),
 ) -> tuple[np.ndarray, list[SyntheticObject]]:
-    """Paint one H&E-like image (uint8 H x W x 3) and return it with its annotated objects."""
+    """Paint one H&E-like image (uint8 H x W x 3) and return it with its annotated objects.
+
+    Each object's ambiguity is drawn from Beta(*ambiguity_shape) with `ambiguity_rng` (every object is typical
+    without one); it has its own stream so the rest of the picture does not depend on it."""
     hematoxylin, eosin, gaps = stroma(rng, height, width)
     canvas = Canvas(hematoxylin, eosin)
     tissue = ndimage.binary_erosion(gaps < 0.05, iterations=12, border_value=1)
@@ -266,25 +290,32 @@ def render_tissue(
         alpha, h, e = draw_nucleus(rng)
         canvas.paint(int(cy), int(cx), alpha, h, e)
     kinds = np.array([MITOTIC_CLASS] * mitotic + [LOOKALIKE_CLASS] * lookalikes)[rng.permutation(len(centres))]
+    ambiguities = (ambiguity_rng.beta(*ambiguity_shape, len(centres)) if ambiguity_rng is not None
+                   else np.zeros(len(centres)))
     objects = []
-    for (cy, cx), kind in zip(centres, kinds):
-        objects.append(draw_object(rng, canvas, int(cy), int(cx), str(kind)))
+    for (cy, cx), kind, ambiguity in zip(centres, kinds, ambiguities):
+        objects.append(draw_object(rng, canvas, int(cy), int(cx), str(kind), float(ambiguity), ambiguity_rng))
     return stain_to_rgb(rng, canvas), objects
 
 
-def draw_object(rng: np.random.Generator, canvas: Canvas, cy: int, cx: int, kind: str) -> SyntheticObject:
-    """Paint one annotated object of class `kind` centred on (cy, cx)."""
+def draw_object(rng: np.random.Generator, canvas: Canvas, cy: int, cx: int, kind: str, ambiguity: float = 0.0,
+                texture_rng: np.random.Generator | None = None) -> SyntheticObject:
+    """Paint one annotated object of class `kind` centred on (cy, cx), leaning toward the other class by
+    `ambiguity` (an ambiguous mitosis loses part of its cleared halo and gains some cytoplasm)."""
+    yy, xx = local_grid(FIGURE_RADIUS)
     if kind == MITOTIC_CLASS:
         shape = str(rng.choice(list(MITOSIS_SHAPES), p=[0.4, 0.15, 0.3, 0.15]))
-        canvas.paint(cy, cx, draw_halo(rng), 0.02, 0.1)
-        alpha, h, e = draw_mitosis(rng, shape)
+        canvas.paint(cy, cx, draw_halo(rng) * (1.0 - 0.6 * ambiguity), 0.02, 0.1)
+        if ambiguity > 0:
+            canvas.paint(cy, cx, 0.5 * ambiguity * soft_inside(np.sqrt(yy**2 + xx**2) - 10.0, 1.2), 0.06, 0.85)
+        alpha, h, e = draw_mitosis(rng, shape, ambiguity)
         canvas.paint(cy, cx, alpha, h, e)
     else:
         shape = str(rng.choice(list(LOOKALIKE_SHAPES), p=[0.55, 0.45]))
-        cytoplasm, alpha, h, e = draw_lookalike(rng, shape)
+        cytoplasm, alpha, h, e = draw_lookalike(rng, shape, ambiguity, texture_rng)
         canvas.paint(cy, cx, cytoplasm, 0.06, 0.85)
         canvas.paint(cy, cx, alpha, h, e)
-    return SyntheticObject(x=cx, y=cy, class_name=kind, shape=shape)
+    return SyntheticObject(x=cx, y=cy, class_name=kind, shape=shape, ambiguity=ambiguity)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,10 +400,16 @@ SCHEMA = (
 )
 
 
-def annotator_votes(rng: np.random.Generator, truth: list[int], share: float) -> list[tuple[int, int]]:
-    """Class ids voted by the two annotators: all agree except round(share * n) objects, one dissent each."""
+def annotator_votes(rng: np.random.Generator, truth: list[int], share: float,
+                    ambiguity: Sequence[float] | None = None) -> list[tuple[int, int]]:
+    """Class ids voted by the two annotators: all agree except round(share * n) objects, one dissent each,
+    drawn with probability proportional to the squared ambiguity (uniformly without ambiguities)."""
     votes = [(c, c) for c in truth]
-    dissent = rng.choice(len(truth), size=int(round(share * len(truth))), replace=False)
+    weights = None
+    if ambiguity is not None:
+        squared = np.asarray(ambiguity, dtype=np.float64) ** 2 + 1e-9
+        weights = squared / squared.sum()
+    dissent = rng.choice(len(truth), size=int(round(share * len(truth))), replace=False, p=weights)
     for index in dissent:
         other = 2 if truth[index] == 1 else 1
         first, second = votes[index]
@@ -432,7 +469,7 @@ def write_database(
     """Write a SlideRunner database of spot annotations with both annotators' votes."""
     class_ids = {MITOTIC_CLASS: 1, LOOKALIKE_CLASS: 2}
     flat = [(slide_id, obj) for slide_id, slide_objects in enumerate(objects, 1) for obj in slide_objects]
-    votes = annotator_votes(rng, [class_ids[obj.class_name] for _, obj in flat], share)
+    votes = annotator_votes(rng, [class_ids[obj.class_name] for _, obj in flat], share, [obj.ambiguity for _, obj in flat])
     with slide_database(path, slides, class_ids, CLASS_COLOURS, rng) as con:
         con.executemany("INSERT INTO Persons (uid, name) VALUES (?, ?)", list(enumerate(ANNOTATORS, 1)))
         for anno_id, ((slide_id, obj), (vote_1, vote_2)) in enumerate(zip(flat, votes), 1):
@@ -468,12 +505,13 @@ def describe(config: SyntheticConfig) -> str:
         f"{config.mitotic_per_slide} mitotic figures and {config.lookalike_per_slide} mitotic figure "
         "look-alikes per slide. Annotations/synthetic.sqlite is a SlideRunner database of the object centres "
         f"(classes '{MITOTIC_CLASS}' and '{LOOKALIKE_CLASS}') with the votes of two annotators, who disagree "
-        f"on {config.disagreement:.0%} of the objects; agreedClass is the true class. splits.csv assigns "
+        f"on {config.disagreement:.0%} of the objects, chosen by how ambiguous they look (each object leans toward "
+        f"the other class by a Beta({config.ambiguity_alpha}, {config.ambiguity_beta}) amount); agreedClass is the true class. splits.csv assigns "
         "slides to train and val. The images are artificial and carry no patient data; regenerate them with "
         f"`python -m data.synthetic --root DIR --num_slides {config.num_slides} --size {config.size} "
         f"--seed {config.seed} --mpp {config.mpp} --mitotic_per_slide {config.mitotic_per_slide} "
         f"--lookalike_per_slide {config.lookalike_per_slide} --nuclei_density {config.nuclei_density} "
-        f"--disagreement {config.disagreement}`.\n"
+        f"--disagreement {config.disagreement} --ambiguity_alpha {config.ambiguity_alpha} --ambiguity_beta {config.ambiguity_beta}`.\n"
     )
 
 
@@ -486,7 +524,8 @@ def build_dataset(folder: Path, config: SyntheticConfig, progress: bool) -> None
     for index in tqdm(range(config.num_slides), desc="synthetic slides", disable=not progress):
         rng = np.random.default_rng([config.seed, index])
         image, slide_objects = render_tissue(
-            rng, config.size, config.size, config.mitotic_per_slide, config.lookalike_per_slide, config.nuclei_density
+            rng, config.size, config.size, config.mitotic_per_slide, config.lookalike_per_slide, config.nuclei_density,
+            np.random.default_rng([config.seed, index, AMBIGUITY_STREAM]), (config.ambiguity_alpha, config.ambiguity_beta),
         )
         slides.append(store_slide(paths["slides_dir"] / slide_name(index), image, config.size, config.mpp))
         objects.append(slide_objects)

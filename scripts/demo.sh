@@ -11,4 +11,4 @@ for member in 0 1 2; do
 done
 "$py" inference.py --diffusion_ckpt runs/demo/diffusion_synthetic/last.pt \
   --classifier_ckpts runs/demo/resnet/ --condition_values 0:1:6 --num_sequences 8 \
-  --sampler ddim --steps 50 --out_dir runs/demo/transitions --overwrite
+  --sampler ddim --steps 50 --cfg_scale 2 --out_dir runs/demo/transitions --overwrite

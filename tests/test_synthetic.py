@@ -18,6 +18,9 @@ import tifffile
 from data.annotations import DataError
 from data.synthetic import (
     ANNOTATORS,
+    annotator_votes,
+    draw_lookalike,
+    draw_mitosis,
     EDGE_MARGIN,
     LOOKALIKE_CLASS,
     MITOTIC_CLASS,
@@ -206,3 +209,22 @@ def test_cli_generates_then_refuses_other_parameters(tmp_path: Path, capsys: pyt
         assert list(csv.DictReader(handle)) == [{"slide": "synthetic_000.tif", "split": "train"}]
     assert main(args + small + ["--seed", "4"]) == 2
     assert str(root) in capsys.readouterr().err
+
+
+def test_annotators_disagree_on_the_ambiguous_objects() -> None:
+    ambiguity = np.linspace(0.0, 1.0, 200)
+    votes = annotator_votes(np.random.default_rng(0), [1] * 100 + [2] * 100, 0.1, ambiguity)
+    dissent = np.array([first != second for first, second in votes])
+    assert dissent.sum() == 20
+    assert ambiguity[dissent].mean() > 0.65 > ambiguity[~dissent].mean()
+    uniform = annotator_votes(np.random.default_rng(0), [1] * 200, 0.1)
+    assert sum(first != second for first, second in uniform) == 20
+
+
+def test_an_ambiguous_mitosis_is_paler_and_an_ambiguous_lookalike_darker() -> None:
+    clear_alpha, clear_h, _ = draw_mitosis(np.random.default_rng(1), "plate", 0.0)
+    vague_alpha, vague_h, _ = draw_mitosis(np.random.default_rng(1), "plate", 1.0)
+    assert (vague_alpha * vague_h).sum() < 0.95 * (clear_alpha * clear_h).sum()
+    clear = draw_lookalike(np.random.default_rng(1), "pyknotic", 0.0)
+    vague = draw_lookalike(np.random.default_rng(1), "pyknotic", 1.0, np.random.default_rng(2))
+    assert vague[2].mean() > clear[2].mean() and vague[0].sum() < 0.5 * clear[0].sum()
