@@ -190,8 +190,8 @@ def skimage_mean_ssim(real: Path, fake: Path, **settings) -> float:
 @pytest.mark.parametrize(
     "flags, settings, record",
     [
-        ([], {"win_size": 7, "gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False},
-         {"ssim_preset": "default", "ssim_window": 7, "ssim_weights": "gaussian_11_sigma_1.5", "ssim_covariance": "population"}),
+        ([], {"win_size": 11, "gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False},
+         {"ssim_preset": "default", "ssim_window": 11, "ssim_weights": "gaussian_11_sigma_1.5", "ssim_covariance": "population"}),
         (["--metric_preset", "kpc"], {"win_size": 3, "use_sample_covariance": True},
          {"ssim_preset": "kpc", "ssim_window": 3, "ssim_weights": "uniform", "ssim_covariance": "sample"}),
         (["--metric_preset", "kpc", "--ssim_window", "5", "--no-ssim_sample_covariance"], {"win_size": 5, "use_sample_covariance": False},
