@@ -55,6 +55,23 @@ def partition(items: Iterable[T], is_held: Callable[[T], bool]) -> tuple[list[T]
     return kept, held
 
 
+def split_each_group(
+    items: Iterable[T], group: Callable[[T], K], split: Callable[[list[T]], tuple[list[T], list[T]]]
+) -> tuple[list[T], list[T]]:
+    """(kept, held): `split` applied to the items of each group, the groups one after another in the order each
+    first appears, the items of a group in their order."""
+    by_group: dict[K, list[T]] = {}
+    for item in items:
+        by_group.setdefault(group(item), []).append(item)
+    kept: list[T] = []
+    held: list[T] = []
+    for members in by_group.values():
+        group_kept, group_held = split(members)
+        kept += group_kept
+        held += group_held
+    return kept, held
+
+
 def split_by_group(
     items: Sequence[T], fraction: float, seed: int, group: Callable[[T], K] = lambda item: item
 ) -> tuple[list[T], list[T]]:
@@ -71,17 +88,11 @@ def split_by_quantile(
     Both lists hold the groups one after another, in the order each group first appears, and keep the order
     of `items` within a group.
     """
-    by_group: dict[K, list[T]] = {}
-    for item in items:
-        by_group.setdefault(group(item), []).append(item)
-    kept: list[T] = []
-    held: list[T] = []
-    for members in by_group.values():
+    def split(members: list[T]) -> tuple[list[T], list[T]]:
         cut = np.quantile([value(m) for m in members], 1.0 - fraction)
-        group_kept, group_held = partition(members, lambda m: value(m) > cut)
-        kept += group_kept
-        held += group_held
-    return kept, held
+        return partition(members, lambda m: value(m) > cut)
+
+    return split_each_group(items, group, split)
 
 
 def split_by_reference_quantile(
@@ -93,21 +104,14 @@ def split_by_reference_quantile(
 
     A group without reference items has no cut and is kept whole. Order as in `split_by_quantile`.
     """
-    by_group: dict[K, list[T]] = {}
-    for item in items:
-        by_group.setdefault(group(item), []).append(item)
-    kept: list[T] = []
-    held: list[T] = []
-    for members in by_group.values():
+    def split(members: list[T]) -> tuple[list[T], list[T]]:
         reference = [value(m) for m in members if is_reference(m)]
         if not reference:
-            kept += members
-            continue
+            return members, []
         cut = np.quantile(reference, 1.0 - fraction)
-        group_kept, group_held = partition(members, lambda m: value(m) >= cut)
-        kept += group_kept
-        held += group_held
-    return kept, held
+        return partition(members, lambda m: value(m) >= cut)
+
+    return split_each_group(items, group, split)
 
 
 def tail_split(count: int, tail: int) -> tuple[range, range]:
