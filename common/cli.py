@@ -1,18 +1,38 @@
 """The one `main` wrapper of every command-line program: user errors become one message and exit code 2."""
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Any, Callable, Sequence
 
 from common.errors import UserError
 
+# Failures of the machine or the file system that the user can act on (a full disk, a read-only folder, ...).
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT,
+                      errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EFBIG}
+
+
+def user_message(err: BaseException) -> str:
+    """The message of a user error; one re-raised from a DataLoader worker is cut down to its original line."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
 
 def run_main(run: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None,
              cleanup: Callable[[], None] | None = None) -> int:
-    """Call run(argv); a UserError (or a missing file) prints `error: ...` and returns 2, Ctrl-C 130, success 0."""
+    """Call run(argv); a UserError, a missing file or a full / read-only disk prints `error: ...` and returns 2,
+    Ctrl-C (or SIGTERM, where the program turns it into KeyboardInterrupt) 130, success 0."""
     try:
         run(argv)
-    except (UserError, FileNotFoundError) as err:
+    except UserError as err:
+        print(f"error: {user_message(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if not isinstance(err, FileNotFoundError) and err.errno not in ENVIRONMENT_ERRNOS:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

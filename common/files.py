@@ -123,3 +123,26 @@ def read_csv_rows(path: str | Path, required: Sequence[str], what: str) -> list[
             return list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{what} {path} cannot be read as a CSV file: {err}") from None
+
+
+def check_writable_output(path: str | Path, what: str, folder: bool = True) -> None:
+    """DataError unless `path` can be written as a folder (folder=True) or a file: not a dangling or any other
+    symlink to replace, not a file where a folder goes (or the reverse), and its nearest existing parent writable.
+
+    Call it before long work starts, so a run does not fail at its end; `what` names the flag or file in messages.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{what} {path} is a dangling symbolic link; remove it or choose another path")
+    if path.exists():
+        if folder and not path.is_dir():
+            raise DataError(f"{what} {path} is a file; expected a folder")
+        if not folder and path.is_dir():
+            raise DataError(f"{what} {path} is a folder; expected a file name")
+    probe = path if path.is_dir() else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise DataError(f"{what} {path}: {probe} is a file, so no folder can be made below it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DataError(f"{what} {path}: {probe} is not writable (read-only file system or no permission)")

@@ -5,6 +5,7 @@ Knows no model type: which options exist and which model types take a group is t
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -12,6 +13,81 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import yaml
 
 from common.errors import ConfigError
+
+
+class NumberError(argparse.ArgumentTypeError, ValueError):
+    """A number outside its option's range (argparse prints it after the flag's name; the option table too)."""
+
+
+def _describe(kind: type, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    what = "an integer" if kind is int else "a finite number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+    return what + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _parse_number(kind: type, value: Any) -> float | int:
+    """int or finite float from a CLI string or a YAML scalar; ValueError otherwise (booleans are not numbers)."""
+    if isinstance(value, bool) or isinstance(value, (list, tuple, dict)):
+        raise ValueError(value)
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return int(str(value).strip()) if not isinstance(value, int) else value
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(value)
+    return out
+
+
+def number(kind: type = float, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Callable[[Any], float | int]:
+    """A converter (argparse `type=` and Option.kind) to a finite `kind` in [low, high]; NumberError says the range.
+
+    low_open / high_open exclude the bound: number(float, 0, low_open=True) is "a finite number > 0".
+    """
+    expected = _describe(kind, low, high, low_open, high_open)
+
+    def convert(value: Any) -> float | int:
+        try:
+            out = _parse_number(kind, value)
+        except (TypeError, ValueError, OverflowError):
+            raise NumberError(f"expected {expected}, got {value!r}") from None
+        if (low is not None and (out < low or (low_open and out == low))) or (
+                high is not None and (out > high or (high_open and out == high))):
+            raise NumberError(f"expected {expected}, got {value!r}")
+        return out
+
+    convert.__name__ = expected
+    return convert
+
+
+def number_list(kind: type = float, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                high_open: bool = False, min_items: int = 0) -> Callable[[Any], list]:
+    """A converter of "a,b,c" (or a YAML list) to a list of numbers, each checked as number() checks it."""
+    item = number(kind, low, high, low_open=low_open, high_open=high_open)
+    expected = f"comma-separated values, each {item.__name__}" + (f", at least {min_items}" if min_items else "")
+
+    def convert(value: Any) -> list:
+        if isinstance(value, (list, tuple)):
+            items = list(value)
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            items = [t for t in str(value).split(",") if t.strip()]
+        else:
+            raise NumberError(f"expected {expected}, got {value!r}")
+        try:
+            out = [item(v) for v in items]
+        except NumberError:
+            raise NumberError(f"expected {expected}, got {value!r}") from None
+        if len(out) < min_items:
+            raise NumberError(f"expected {expected}, got {value!r}")
+        return out
+
+    convert.__name__ = expected
+    return convert
 
 
 def int_list(text: Any) -> list[int]:
