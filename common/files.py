@@ -12,7 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
+
+# The file every output folder this toolkit creates holds; --overwrite replaces only folders that hold it.
+MARKER = ".pathodiff-output"
 
 
 def _umask() -> int:
@@ -146,3 +149,37 @@ def check_writable_output(path: str | Path, what: str, folder: bool = True) -> N
         raise DataError(f"{what} {path}: {probe} is a file, so no folder can be made below it")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise DataError(f"{what} {path}: {probe} is not writable (read-only file system or no permission)")
+
+
+def mark_as_ours(folder: str | Path, what: str) -> None:
+    """Write the marker into a folder this toolkit just created (`what` wrote it: "train.py", "inference.py", ...)."""
+    write_text_atomic(Path(folder) / MARKER, f"written by {what}; --overwrite may replace this folder\n")
+
+
+def is_ours(folder: str | Path) -> bool:
+    """Whether `folder` is a real folder (not a symlink) that holds this toolkit's marker."""
+    folder = Path(folder)
+    return folder.is_dir() and not folder.is_symlink() and (folder / MARKER).is_file()
+
+
+def check_replaceable(folder: str | Path, flag: str, keep: Sequence[str | Path] = ()) -> None:
+    """ConfigError unless `folder` may be replaced by --overwrite: a folder this toolkit wrote (its marker), not a
+    symlink, and not holding (or lying inside) any path in `keep` (e.g. the checkpoints being read)."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise ConfigError(f"{flag} {folder} is a symbolic link; --overwrite never replaces a link or its target")
+    if not is_ours(folder):
+        raise ConfigError(f"{flag} {folder} exists and was not written by this toolkit (no {MARKER} file in it); "
+                          "--overwrite replaces only folders the toolkit wrote: choose another folder")
+    root = folder.resolve()
+    for item in keep:
+        target = Path(item).resolve()
+        if target == root or root in target.parents or target in root.parents:
+            raise ConfigError(f"{flag} {folder} holds {item}, which this run reads; --overwrite would delete it: "
+                              "choose another folder")
+
+
+def remove_ours(folder: str | Path, flag: str, keep: Sequence[str | Path] = ()) -> None:
+    """Delete a folder this toolkit wrote (check_replaceable first)."""
+    check_replaceable(folder, flag, keep)
+    shutil.rmtree(folder)
