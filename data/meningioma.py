@@ -1,10 +1,12 @@
 """Read the meningioma mitosis point files: one file per slide, the slide name being the file stem.
 
 `.txt` files hold `x<TAB>y` rows, all mitotic figures. Other files hold comma-joined lines with the
-score word (NOT / INDET / MITE) at field -2 and the position `"x y"` at field 3.
+score word (NOT / INDET / MITE) at field -2 and the position `"x y"` at field 3. A first line without any digit
+is a header and skipped; every other line must hold two finite numbers.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -80,13 +82,15 @@ def _read_file(path: Path, indeterminate: str) -> list[Annotation]:
         if not line.strip():
             continue
         parsed = parse(line)
-        is_first = not seen_content
+        is_header = not seen_content and not any(ch.isdigit() for ch in line)
         seen_content = True
         if parsed is None:
-            if is_first:
+            if is_header:
                 continue
             expected = "'x<TAB>y'" if parse is _parse_txt else "comma-joined fields with '\"x y\"' at field 3"
             raise DataError(f"{path}: line {number}: expected {expected}, got {line!r}")
+        if not (math.isfinite(parsed[0]) and math.isfinite(parsed[1])):
+            raise DataError(f"{path}: line {number}: expected finite coordinates x y, got {line!r}")
         x, y, score = parsed
         if score not in SCORES:
             raise DataError(f"{path}: line {number}: expected a score word among {sorted(SCORES)}, got {score!r}")

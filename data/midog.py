@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from data.annotations import (
     DEFAULT_SOFT_THRESHOLDS,
@@ -15,6 +16,31 @@ from data.annotations import (
     normalise,
     soft_from_votes,
 )
+
+SHOWN = 80  # characters of a bad value shown in a message
+
+
+class _Entry(NamedTuple):
+    """One annotation entry, checked: its image, category name, [x1, y1, x2, y2] box and votes (category ids)."""
+
+    image: dict
+    name: str
+    box: tuple[float, float, float, float]
+    labels: tuple
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."
+
+
+def _is_id(value: Any) -> bool:
+    """An id is an integer or a string (JSON lists, objects, booleans and floats are not ids)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _load(path: str | Path) -> tuple[dict[Any, dict], dict[Any, str], list[dict]]:
@@ -30,15 +56,36 @@ def _load(path: str | Path) -> tuple[dict[Any, dict], dict[Any, str], list[dict]
     keys = ("images", "annotations", "categories")
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in keys):
         raise DataError(f"{p}: expected a JSON object with lists 'images', 'annotations' and 'categories'")
-    try:
-        images = {img["id"]: img for img in doc["images"]}
-        categories = {cat["id"]: str(cat["name"]) for cat in doc["categories"]}
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"{p}: every image needs an 'id' and every category an 'id' and a 'name' ({exc})") from exc
-    for img in images.values():
-        if "file_name" not in img:
-            raise DataError(f"{p}: image {img['id']} has no 'file_name'")
+    images = {_checked_image(img, f"{p}: images[{index}]")["id"]: img for index, img in enumerate(doc["images"])}
+    categories = dict(
+        _checked_category(cat, f"{p}: categories[{index}]") for index, cat in enumerate(doc["categories"])
+    )
     return images, categories, doc["annotations"]
+
+
+def _checked_image(img: Any, where: str) -> dict:
+    """An image record with an integer or string id, a file name and a text (or absent) tumor_type."""
+    if not isinstance(img, dict):
+        raise DataError(f"{where}: expected a JSON object, got {_shown(img)}")
+    if not _is_id(img.get("id")):
+        raise DataError(f"{where}: expected an integer or string 'id', got {_shown(img.get('id'))}")
+    name = img.get("file_name")
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"{where} (id {img['id']!r}): expected a 'file_name' string, got {_shown(name)}")
+    if img.get("tumor_type") is not None and not isinstance(img["tumor_type"], str):
+        raise DataError(f"{where} (id {img['id']!r}): expected a 'tumor_type' string, got {_shown(img['tumor_type'])}")
+    return img
+
+
+def _checked_category(cat: Any, where: str) -> tuple[Any, str]:
+    """(id, name) of a category record with an integer or string id and a string name."""
+    if not isinstance(cat, dict):
+        raise DataError(f"{where}: expected a JSON object, got {_shown(cat)}")
+    if not _is_id(cat.get("id")):
+        raise DataError(f"{where}: expected an integer or string 'id', got {_shown(cat.get('id'))}")
+    if not isinstance(cat.get("name"), str):
+        raise DataError(f"{where} (id {cat['id']!r}): expected a 'name' string, got {_shown(cat.get('name'))}")
+    return cat["id"], cat["name"]
 
 
 def _tumor_type(image: dict) -> str | None:
@@ -62,33 +109,53 @@ def _selected_images(images: dict[Any, dict], tumor_types: Sequence[str] | None,
     }
 
 
-def _entry_fields(entry: dict, images: dict, categories: dict, source: str) -> tuple[dict, str, list[float]]:
-    """The image, category name and [x1, y1, x2, y2] box of one annotation entry, checked."""
+def _entry_fields(entry: Any, index: int, images: dict, categories: dict, source: str) -> _Entry:
+    """The image, category name, [x1, y1, x2, y2] box and votes of annotation entry `index`, checked."""
+    where = f"{source}: annotations[{index}]"
     if not isinstance(entry, dict):
-        raise DataError(f"{source}: expected every annotation to be a JSON object, got {entry!r}")
-    ident = entry.get("id", "?")
-    image = images.get(entry.get("image_id"))
-    if image is None:
-        raise DataError(f"{source}: annotation {ident} refers to unknown image_id {entry.get('image_id')!r}")
-    name = categories.get(entry.get("category_id"))
-    if name is None:
-        raise DataError(f"{source}: annotation {ident} has unknown category_id {entry.get('category_id')!r}")
-    box = entry.get("bbox")
-    try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{source}: annotation {ident}: expected bbox [x1, y1, x2, y2], got {box!r}") from exc
+        raise DataError(f"{where}: expected a JSON object, got {_shown(entry)}")
+    if "id" in entry and not _is_id(entry["id"]):
+        raise DataError(f"{where}: expected an integer or string 'id', got {_shown(entry['id'])}")
+    where = f"{where} (annotation {entry.get('id', '?')})"
+    image_id, category_id = entry.get("image_id"), entry.get("category_id")
+    if not _is_id(image_id) or image_id not in images:
+        raise DataError(f"{where}: expected an 'image_id' of the images, got {_shown(image_id)}")
+    if not _is_id(category_id) or category_id not in categories:
+        raise DataError(f"{where}: expected a 'category_id' among {sorted(categories, key=str)},"
+                        f" got {_shown(category_id)}")
+    return _Entry(images[image_id], categories[category_id], _checked_box(entry.get("bbox"), where),
+                  _checked_labels(entry.get("labels"), categories, where))
+
+
+def _checked_box(box: Any, where: str) -> tuple[float, float, float, float]:
+    """x1, y1, x2, y2 of a bbox of four finite numbers with x1 <= x2 and y1 <= y2."""
+    if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+        raise DataError(f"{where}: expected bbox [x1, y1, x2, y2] of four finite numbers, got {_shown(box)}")
+    x1, y1, x2, y2 = (float(v) for v in box)
     if x2 < x1 or y2 < y1:
-        raise DataError(f"{source}: annotation {ident}: expected bbox [x1, y1, x2, y2] with x1 <= x2, y1 <= y2,"
-                        f" got {box!r}")
-    return image, name, [x1, y1, x2, y2]
+        raise DataError(f"{where}: expected bbox [x1, y1, x2, y2] with x1 <= x2, y1 <= y2, got {_shown(box)}")
+    return x1, y1, x2, y2
 
 
-def _vote_positions(entries: list[dict], annotators: Sequence[str] | None, source: str) -> set[int] | None:
+def _checked_labels(labels: Any, categories: dict, where: str) -> tuple:
+    """The votes of an entry: absent, or a list of category ids."""
+    if labels is None:
+        return ()
+    if not isinstance(labels, list) or not all(_is_id(v) and v in categories for v in labels):
+        raise DataError(f"{where}: expected 'labels' to be a list of category ids among "
+                        f"{sorted(categories, key=str)}, got {_shown(labels)}")
+    return tuple(labels)
+
+
+def _checked_entries(entries: list, images: dict, categories: dict, source: str) -> list[_Entry]:
+    return [_entry_fields(entry, index, images, categories, source) for index, entry in enumerate(entries)]
+
+
+def _vote_positions(entries: list[_Entry], annotators: Sequence[str] | None, source: str) -> set[int] | None:
     """0-based positions in `labels` of the votes that count (None: all): "2" or "annotator 2" is the second."""
     if annotators is None:
         return None
-    most = max((len(e.get("labels") or ()) for e in entries if isinstance(e, dict)), default=0)
+    most = max((len(e.labels) for e in entries), default=0)
     positions: set[int] = set()
     for annotator in annotators:
         text = normalise(str(annotator)).removeprefix("annotator ").strip()
@@ -114,33 +181,34 @@ def read_midog_json(
     """
     check_soft_mode(soft)
     source = str(path)
-    images, categories, entries = _load(path)
+    images, categories, raw = _load(path)
+    entries = _checked_entries(raw, images, categories, source)
     class_map.check(categories.values(), source)
     selected = _selected_images(images, tumor_types, source)
     positions = _vote_positions(entries, annotators, source)
     out = []
-    for index, entry in enumerate(entries):
-        image, name, (x1, y1, x2, y2) = _entry_fields(entry, images, categories, source)
-        if entry["image_id"] not in selected:
+    for index, (item, entry) in enumerate(zip(raw, entries)):
+        if item["image_id"] not in selected:
             continue
-        label = class_map.label_of(name)
+        label = class_map.label_of(entry.name)
         if label is None:
             continue
         votes = tuple(
             (f"annotator {i + 1}", categories[vote])
-            for i, vote in enumerate(entry.get("labels") or ())
-            if vote in categories and (positions is None or i in positions)
+            for i, vote in enumerate(entry.labels)
+            if positions is None or i in positions
         )
+        x1, y1, x2, y2 = entry.box
         out.append(Annotation(
-            slide=str(image["file_name"]),
+            slide=str(entry.image["file_name"]),
             x=(x1 + x2) / 2.0,
             y=(y1 + y2) / 2.0,
-            class_name=name,
+            class_name=entry.name,
             label=label,
             soft=soft_from_votes([class_map.label_of(v) for _, v in votes], label, soft, thresholds),
-            uid=str(entry.get("id", index)),
+            uid=str(item.get("id", index)),
             kind="spot",
-            bounds=(x1, y1, x2, y2),
+            bounds=entry.box,
             votes=votes,
         ))
     if not out:
@@ -172,13 +240,12 @@ def midog_summary(path: str | Path, tumor_types: Sequence[str] | None = None) ->
     per_class: Counter = Counter()
     per_slide: Counter = Counter()
     per_tumor_type: dict[str, Counter] = defaultdict(Counter)
-    for entry in entries:
-        image, name, _ = _entry_fields(entry, images, categories, source)
-        if entry["image_id"] not in selected:
+    for item, entry in zip(entries, _checked_entries(entries, images, categories, source)):
+        if item["image_id"] not in selected:
             continue
-        per_class[name] += 1
-        per_slide[str(image["file_name"])] += 1
-        per_tumor_type[_tumor_type(image) or "unknown"][name] += 1
+        per_class[entry.name] += 1
+        per_slide[str(entry.image["file_name"])] += 1
+        per_tumor_type[_tumor_type(entry.image) or "unknown"][entry.name] += 1
     total = sum(per_class.values())
     return {
         "file": source,

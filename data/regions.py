@@ -25,8 +25,8 @@ import numpy as np
 
 from data.annotations import DataError, normalise
 from data.sliderunner import (
-    _columns, _coordinates, _majority, _persons, _slides_and_classes, _tables, _votes, open_readonly,
-    sliderunner_classes,
+    _coordinates, _label_rows, _majority, _persons, _slides_and_classes, _tables, _votes, annotation_rows,
+    open_readonly, points_of, sliderunner_classes,
 )
 
 POLYGON_TYPE = 3
@@ -48,20 +48,16 @@ class RegionPolygon:
 def read_region_polygons(path: str | Path, slides: Iterable[str] | None = None) -> list[RegionPolygon]:
     """The non-deleted polygon annotations of a SlideRunner database (optionally of some slides only).
 
-    DataError naming the file when a polygon has fewer than 3 vertices or refers to an unknown slide.
+    DataError naming the file and the record when a polygon has fewer than 3 vertices, refers to an unknown slide,
+    has a vertex that is not two finite numbers, or when any annotation's type or class is not an integer.
     """
     source = Path(path)
     con = open_readonly(source)
     try:
         tables = _tables(con)
-        slide_names, classes = _slides_and_classes(con)
-        votes = _votes(con, tables, classes, _persons(con, tables), None)
-        columns = _columns(con, "Annotations")
-        agreed = "agreedClass" if "agreedClass" in columns else "NULL"
-        where = f"WHERE type = {POLYGON_TYPE}"
-        if "deleted" in columns:
-            where += " AND COALESCE(deleted, 0) = 0"
-        rows = con.execute(f"SELECT uid, slide, {agreed} FROM Annotations {where} ORDER BY uid").fetchall()
+        slide_names, classes = _slides_and_classes(con, source)
+        votes = _votes(_label_rows(con, tables, source), classes, _persons(con, tables), None)
+        rows = [row for row in annotation_rows(con, source) if row.type == POLYGON_TYPE]
         coords = _coordinates(con)
     except sqlite3.DatabaseError as exc:
         raise DataError(f"{source}: unreadable SlideRunner database ({exc})") from exc
@@ -69,20 +65,20 @@ def read_region_polygons(path: str | Path, slides: Iterable[str] | None = None) 
         con.close()
     wanted = None if slides is None else set(slides)
     out = []
-    for uid, slide_id, agreed_id in rows:
-        if slide_id not in slide_names:
-            raise DataError(f"{source}: polygon {uid} refers to slide id {slide_id}, which is not in Slides")
-        slide = slide_names[slide_id]
+    for row in rows:
+        if row.slide not in slide_names:
+            raise DataError(f"{source}: polygon {row.uid} refers to slide id {row.slide}, which is not in Slides")
+        slide = slide_names[row.slide]
         if wanted is not None and slide not in wanted:
             continue
-        points = coords.get(uid, [])
+        points = points_of(source, row.uid, coords.get(row.uid, ()))
         if len(points) < 3:
-            raise DataError(f"{source}: polygon {uid} on {slide} has {len(points)} vertices, expected at least 3")
-        name = classes.get(agreed_id) if agreed_id is not None else None
+            raise DataError(f"{source}: polygon {row.uid} on {slide} has {len(points)} vertices, expected at least 3")
+        name = classes.get(row.agreed) if row.agreed is not None else None
         out.append(RegionPolygon(
             slide=slide,
-            class_name=name if name is not None else _majority(votes.get(uid, ())),
-            uid=int(uid),
+            class_name=name if name is not None else _majority(votes.get(row.uid, ())),
+            uid=row.uid,
             vertices=np.asarray(points, dtype=np.float64),
         ))
     return out

@@ -1,11 +1,13 @@
 """Read SlideRunner sqlite databases (opened read-only; older schemas tolerated)."""
 from __future__ import annotations
 
+import math
+import shlex
 import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from data.annotations import (
 KIND_OF_TYPE = {1: "spot", 2: "rectangle", 3: "polygon", 4: "spot", 5: "circle"}
 TYPE_NAMES = {**KIND_OF_TYPE, 6: "image"}
 REQUIRED_TABLES = ("Slides", "Classes", "Annotations", "Annotations_coordinates")
+TYPE_LIST = "1 spot, 2 rectangle, 3 polygon, 4 special spot, 5 circle, 6 image"
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,15 @@ class _Record:
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:
-    """Open a SlideRunner database read-only and immutable (no side files) and check that it holds its tables."""
+    """Open a SlideRunner database read-only and immutable (no side files) and check that it holds its tables.
+
+    An immutable open would ignore changes waiting beside the database, so a non-empty `-wal` file or a hot
+    `-journal` file is refused first.
+    """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: SlideRunner database not found")
+    check_no_pending_changes(p)
     con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
     try:
         tables = _tables(con)
@@ -52,6 +60,32 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
         con.close()
         raise DataError(f"{p}: not a SlideRunner database (missing tables {missing})")
     return con
+
+
+def check_no_pending_changes(path: Path) -> None:
+    """DataError naming the database and the file when changes wait beside it: a non-empty write-ahead log
+    (`-wal`) or a hot rollback journal (`-journal`, non-empty with a live header)."""
+    real = path.resolve()
+    wal = real.with_name(real.name + "-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        raise DataError(f"{path}: {wal} holds changes not yet written into the database (it is open in SlideRunner,"
+                        f" or was not closed cleanly); {_write_back(path, 'the changes are written back into it')}")
+    journal = real.with_name(real.name + "-journal")
+    if journal.is_file() and _live_journal(journal):
+        raise DataError(f"{path}: {journal} is the journal of an unfinished write, so the database may be"
+                        f" half-written; {_write_back(path, 'the unfinished write is rolled back')}")
+
+
+def _write_back(path: Path, what: str) -> str:
+    return (f"open and close it once in SlideRunner (or run `sqlite3 {shlex.quote(str(path))} .tables`) so that"
+            f" {what}, then try again")
+
+
+def _live_journal(journal: Path) -> bool:
+    """Whether a rollback journal still holds a transaction (SQLite ignores empty or zeroed journals)."""
+    with journal.open("rb") as fh:
+        first = fh.read(1)
+    return first not in (b"", b"\x00")
 
 
 def _tables(con: sqlite3.Connection) -> set[str]:
@@ -68,11 +102,28 @@ def _persons(con: sqlite3.Connection, tables: set[str]) -> dict[int, str]:
     return {uid: str(name) for uid, name in con.execute("SELECT uid, name FROM Persons") if name is not None}
 
 
-def _voters(con: sqlite3.Connection, tables: set[str]) -> set[int]:
-    """Ids of the persons who cast at least one vote (also those missing from Persons)."""
+class _Vote(NamedTuple):
+    anno_id: Any
+    person: int | None
+    class_id: int | None
+
+
+def _label_rows(con: sqlite3.Connection, tables: set[str], source: Path) -> list[_Vote]:
+    """Every vote (Annotations_label row) in row order; DataError for a person or class that is not an integer id."""
     if "Annotations_label" not in tables:
-        return set()
-    return {int(p) for (p,) in con.execute("SELECT DISTINCT person FROM Annotations_label") if p is not None}
+        return []
+    out = []
+    for uid, anno_id, person, class_id in con.execute(
+        "SELECT uid, annoId, person, class FROM Annotations_label ORDER BY uid"
+    ):
+        where = f"{source}: Annotations_label row {uid!r} (annotation {anno_id!r})"
+        out.append(_Vote(anno_id, _optional_id(person, where, "person"), _optional_id(class_id, where, "class")))
+    return out
+
+
+def _voters(votes: Sequence[_Vote]) -> set[int]:
+    """Ids of the persons who cast at least one vote (also those missing from Persons)."""
+    return {vote.person for vote in votes if vote.person is not None}
 
 
 def _wanted_persons(
@@ -104,17 +155,13 @@ def _wanted_persons(
 
 
 def _votes(
-    con: sqlite3.Connection,
-    tables: set[str],
+    rows: Sequence[_Vote],
     classes: dict[int, str],
     persons: dict[int, str],
     wanted: set[int] | None,
-) -> dict[int, tuple[tuple[str, str], ...]]:
+) -> dict[Any, tuple[tuple[str, str], ...]]:
     """Per annotation id: one (person, class) vote per person, the latest row winning."""
-    if "Annotations_label" not in tables:
-        return {}
-    per_anno: dict[int, dict[int, str]] = defaultdict(dict)
-    rows = con.execute("SELECT annoId, person, class FROM Annotations_label ORDER BY uid")
+    per_anno: dict[Any, dict[int | None, str]] = defaultdict(dict)
     for anno_id, person, class_id in rows:
         if class_id not in classes or (wanted is not None and person not in wanted):
             continue
@@ -125,15 +172,79 @@ def _votes(
     }
 
 
-def _coordinates(con: sqlite3.Connection) -> dict[int, list[tuple[float, float]]]:
+def _coordinates(con: sqlite3.Connection) -> dict[Any, list[tuple[Any, Any, Any]]]:
+    """The coordinate rows (row uid, x, y) of every annotation id, in vertex order, unchecked."""
     order = "annoId, orderIdx, uid" if "orderIdx" in _columns(con, "Annotations_coordinates") else "annoId, uid"
-    coords: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    for anno_id, x, y in con.execute(
-        f"SELECT annoId, coordinateX, coordinateY FROM Annotations_coordinates ORDER BY {order}"
+    coords: dict[Any, list[tuple[Any, Any, Any]]] = defaultdict(list)
+    for row_uid, anno_id, x, y in con.execute(
+        f"SELECT uid, annoId, coordinateX, coordinateY FROM Annotations_coordinates ORDER BY {order}"
     ):
-        if x is not None and y is not None:
-            coords[anno_id].append((float(x), float(y)))
+        coords[anno_id].append((row_uid, x, y))
     return coords
+
+
+def points_of(source: Path, uid: int, rows: Sequence[tuple[Any, Any, Any]]) -> tuple[tuple[float, float], ...]:
+    """The (x, y) of an annotation's coordinate rows; DataError naming the row when one is not two finite numbers."""
+    points = []
+    for row_uid, x, y in rows:
+        if not (_is_finite(x) and _is_finite(y)):
+            raise DataError(f"{source}: annotation {uid}: Annotations_coordinates row {row_uid!r}: expected finite"
+                            f" numbers coordinateX, coordinateY, got {x!r}, {y!r}")
+        points.append((float(x), float(y)))
+    return tuple(points)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _as_int(value: Any) -> int | None:
+    """An integer stored as INTEGER (or as an integral REAL), else None."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _optional_id(value: Any, where: str, column: str) -> int | None:
+    """None for NULL, the integer id otherwise; DataError naming `where` for any other value."""
+    if value is None:
+        return None
+    number = _as_int(value)
+    if number is None:
+        raise DataError(f"{where}: expected {column} to be an integer id or NULL, got {value!r}")
+    return number
+
+
+class AnnotationRow(NamedTuple):
+    """One non-deleted row of the Annotations table, its values checked."""
+
+    uid: int
+    slide: Any
+    type: int
+    agreed: int | None
+
+
+def annotation_rows(con: sqlite3.Connection, source: Path) -> list[AnnotationRow]:
+    """The non-deleted annotations in uid order; DataError naming the annotation for a uid, type or agreedClass
+    that is not an integer (a NULL agreedClass means no class)."""
+    columns = _columns(con, "Annotations")
+    agreed = "agreedClass" if "agreedClass" in columns else "NULL"
+    where = "WHERE COALESCE(deleted, 0) = 0" if "deleted" in columns else ""
+    out = []
+    for uid, slide_id, kind, agreed_id in con.execute(
+        f"SELECT uid, slide, type, {agreed} FROM Annotations {where} ORDER BY uid"
+    ):
+        number = _as_int(uid)
+        if number is None:
+            raise DataError(f"{source}: Annotations row with uid {uid!r}: expected an integer uid")
+        kind_id = _as_int(kind)
+        if kind_id is None:
+            raise DataError(f"{source}: annotation {number}: expected an integer type ({TYPE_LIST}), got {kind!r}")
+        agreed_id = _optional_id(agreed_id, f"{source}: annotation {number}", "agreedClass")
+        out.append(AnnotationRow(number, slide_id, kind_id, agreed_id))
+    return out
 
 
 def _majority(votes: tuple[tuple[str, str], ...]) -> str | None:
@@ -143,9 +254,13 @@ def _majority(votes: tuple[tuple[str, str], ...]) -> str | None:
     return Counter(name for _, name in votes).most_common(1)[0][0]
 
 
-def _slides_and_classes(con: sqlite3.Connection) -> tuple[dict[int, str], dict[int, str]]:
+def _slides_and_classes(con: sqlite3.Connection, source: Path) -> tuple[dict[Any, str], dict[Any, str]]:
     """Slide filenames and the (non-null) class names of an open database, by uid."""
-    slides = {uid: str(name) for uid, name in con.execute("SELECT uid, filename FROM Slides ORDER BY uid")}
+    slides = {}
+    for uid, name in con.execute("SELECT uid, filename FROM Slides ORDER BY uid"):
+        if not isinstance(name, str):
+            raise DataError(f"{source}: Slides row {uid!r}: expected a text filename, got {name!r}")
+        slides[uid] = name
     classes = {uid: str(name) for uid, name in con.execute("SELECT uid, name FROM Classes ORDER BY uid")
                if name is not None}
     return slides, classes
@@ -157,31 +272,29 @@ def _load(path: str | Path, annotators: Sequence[str] | None = None) -> tuple[li
     con = open_readonly(source)
     try:
         tables = _tables(con)
-        slides, classes = _slides_and_classes(con)
+        slides, classes = _slides_and_classes(con, source)
         persons = _persons(con, tables)
-        wanted = _wanted_persons(persons, _voters(con, tables), annotators, source)
-        votes = _votes(con, tables, classes, persons, wanted)
+        label_rows = _label_rows(con, tables, source)
+        wanted = _wanted_persons(persons, _voters(label_rows), annotators, source)
+        votes = _votes(label_rows, classes, persons, wanted)
         coords = _coordinates(con)
-        columns = _columns(con, "Annotations")
-        agreed = "agreedClass" if "agreedClass" in columns else "NULL"
-        where = "WHERE COALESCE(deleted, 0) = 0" if "deleted" in columns else ""
-        rows = con.execute(f"SELECT uid, slide, type, {agreed} FROM Annotations {where} ORDER BY uid").fetchall()
+        rows = annotation_rows(con, source)
     except sqlite3.DatabaseError as exc:
         raise DataError(f"{source}: unreadable SlideRunner database ({exc})") from exc
     finally:
         con.close()
     records = []
-    for uid, slide_id, kind, agreed_id in rows:
-        if slide_id not in slides:
-            raise DataError(f"{source}: annotation {uid} refers to slide id {slide_id}, which is not in Slides")
-        anno_votes = votes.get(uid, ())
-        class_name = classes.get(agreed_id) if agreed_id is not None else None
+    for row in rows:
+        if row.slide not in slides:
+            raise DataError(f"{source}: annotation {row.uid} refers to slide id {row.slide}, which is not in Slides")
+        anno_votes = votes.get(row.uid, ())
+        class_name = classes.get(row.agreed) if row.agreed is not None else None
         records.append(_Record(
-            uid=int(uid),
-            slide=slides[slide_id],
-            type=int(kind) if kind is not None else 0,
+            uid=row.uid,
+            slide=slides[row.slide],
+            type=row.type,
             class_name=class_name if class_name is not None else _majority(anno_votes),
-            coords=tuple(coords.get(uid, ())),
+            coords=points_of(source, row.uid, coords.get(row.uid, ())),
             votes=anno_votes,
         ))
     return list(slides.values()), list(classes.values()), records
@@ -268,7 +381,9 @@ def sliderunner_slides(path: str | Path) -> list[str]:
     """Filenames of the slides in the database, in database order."""
     con = open_readonly(path)
     try:
-        return [str(name) for (name,) in con.execute("SELECT filename FROM Slides ORDER BY uid")]
+        return list(_slides_and_classes(con, Path(path))[0].values())
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{path}: unreadable SlideRunner database ({exc})") from exc
     finally:
         con.close()
 

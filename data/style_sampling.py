@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import openslide
 from scipy import ndimage
 
 from data.annotations import DataError
@@ -59,12 +60,31 @@ def tissue_fraction(rgb: np.ndarray, **thresholds) -> float:
     return float(tissue_mask(rgb, **thresholds).mean())
 
 
+def slide_file(reader) -> str:
+    """The file an openslide reader was opened from (OpenSlide keeps it as `_filename`), else the reader's repr."""
+    return str(getattr(reader, "_filename", None) or repr(reader))
+
+
+def read_rgba(reader, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+    """`reader.read_region` as an RGBA array; DataError naming the slide file and the position (level, x, y) when a
+    tile there cannot be read (openslide.OpenSlideError or OSError)."""
+    try:
+        return np.asarray(reader.read_region(location, level, size))
+    except (openslide.OpenSlideError, OSError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(
+            f"{slide_file(reader)}: cannot read the tile at level {level}, x {location[0]}, y {location[1]}"
+            f" ({size[0]} x {size[1]} px): {reason}; the slide file is damaged or truncated (replace it with an"
+            " intact copy)"
+        ) from None
+
+
 def read_crop(reader, cx: float, cy: float, size: int, level: int = 0) -> np.ndarray:
     """A size x size RGB crop of `level` centred on level-0 (cx, cy); pixels outside the slide are white."""
     downsample = float(reader.level_downsamples[level])
     x0 = int(round(cx - size / 2 * downsample))
     y0 = int(round(cy - size / 2 * downsample))
-    rgba = np.asarray(reader.read_region((x0, y0), level, (size, size)), dtype=np.float32)
+    rgba = read_rgba(reader, (x0, y0), level, (size, size)).astype(np.float32)
     alpha = rgba[..., 3:4] / 255.0
     rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
@@ -138,7 +158,7 @@ def tissue_map(reader, level: int | None = None, **thresholds) -> TissueMap:
     """Tissue mask of the slide's lowest-resolution level (or `level`), for choosing crop positions."""
     level = reader.level_count - 1 if level is None else level
     width, height = reader.level_dimensions[level]
-    rgba = np.asarray(reader.read_region((0, 0), level, (width, height)))
+    rgba = read_rgba(reader, (0, 0), level, (width, height))
     rgb = rgba[..., :3].astype(np.float32) * (rgba[..., 3:4] / 255.0) + 255.0 * (1.0 - rgba[..., 3:4] / 255.0)
     return TissueMap(tissue_mask(rgb, **thresholds), float(reader.level_downsamples[level]))
 

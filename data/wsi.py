@@ -15,6 +15,7 @@ from data.annotations import Annotation, DataError
 from data.base import SeededDataset, dihedral
 from data.mixing import mixed_slots
 from data.splits import split_by_quantile, split_by_reference_quantile
+from data.style_sampling import read_rgba
 
 SCALINGS = ("minmax", "percentile", "percentile_unclipped")
 SPLITS = ("slides", "y_percentile", "y_percentile_positive")
@@ -26,7 +27,7 @@ def read_patch(slide: openslide.OpenSlide, cx: float, cy: float, size: int) -> n
     """Read a size x size RGB patch centred on level-0 (cx, cy); pixels outside the slide are white."""
     x0 = int(round(cx)) - size // 2
     y0 = int(round(cy)) - size // 2
-    rgba = np.asarray(slide.read_region((x0, y0), 0, (size, size)), dtype=np.float32)
+    rgba = read_rgba(slide, (x0, y0), 0, (size, size)).astype(np.float32)
     alpha = rgba[..., 3:4] / 255.0
     rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
