@@ -79,13 +79,13 @@ class InceptionFeatures(FeatureExtractor):
         super().__init__()
         path = Path(weights_path)
         if not path.is_file():
-            raise FileNotFoundError(f"Inception weights: file {path} does not exist")
+            raise FileNotFoundError(f"--inception_weights: file {path} does not exist")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise CheckpointError(f"Inception weights {path}: not a torch state-dict file ({err})") from None
+            raise CheckpointError(f"--inception_weights {path}: not a torch state-dict file ({err})") from None
         if not isinstance(state, Mapping) or not torch.is_tensor(state.get("fc.weight")):
-            raise CheckpointError(f"Inception weights {path}: expected a torchvision inception_v3 state dict with fc.weight")
+            raise CheckpointError(f"--inception_weights {path}: expected a torchvision inception_v3 state dict with fc.weight")
         aux_logits = any(key.startswith("AuxLogits.") for key in state)
         network = Inception3(
             num_classes=state["fc.weight"].shape[0], aux_logits=aux_logits, transform_input=True, init_weights=False
@@ -93,7 +93,7 @@ class InceptionFeatures(FeatureExtractor):
         try:
             network.load_state_dict(state)
         except RuntimeError as err:
-            raise CheckpointError(f"Inception weights {path} do not fit torchvision's inception_v3: {err}") from None
+            raise CheckpointError(f"--inception_weights {path} do not fit torchvision's inception_v3: {err}") from None
         network.fc = nn.Identity()
         network.aux_logits = False
         network.AuxLogits = None

@@ -143,6 +143,16 @@ def parse_row(row: dict[str, str], where: str) -> SampleRow:
                      tuple(style_units), tuple(style_files))
 
 
+def check_distinct_files(rows: Sequence[SampleRow]) -> None:
+    """DataError naming the line when a generated tile is listed twice."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        if row.file in seen:
+            raise DataError(f"{row.where}: file {row.file!r} is also listed at {seen[row.file]}; expected each "
+                            "generated tile once")
+        seen[row.file] = row.where.rsplit(", ", 1)[-1]
+
+
 def unit_references(folder: Path, rows: Sequence[SampleRow]) -> dict[str, np.ndarray]:
     """Reference mean L*a*b* of every unit: over all its style crops and real layout patches in the folder."""
     sums: dict[str, list] = {}
@@ -183,5 +193,6 @@ def read_style_distances(folder: str | Path, limit: int | None = None, flag: str
         raise DataError(f"{flag} {csv_path}: no rows (expected one row per generated tile)")
     rows = rows[:limit] if limit else rows
     parsed = [parse_row(row, f"{csv_path}, line {line}") for line, row in enumerate(rows, start=2)]
+    check_distinct_files(parsed)
     references = unit_references(folder, parsed)
     return [score_row(folder, row, references) for row in parsed]

@@ -363,7 +363,7 @@ def test_cli_runs_and_reports_bad_input(tmp_path, capsys):
     assert segmentation.main(args + ["--overwrite", "--ratios", "0,2"]) == 2
     assert "--ratios" in capsys.readouterr().err
     assert segmentation.main(args + ["--overwrite", "--steps", "0"]) == 2
-    assert "--steps must be at least 1" in capsys.readouterr().err
+    assert "argument --steps: expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_layout_dice_scores_generated_tiles_against_their_layouts(tmp_path, monkeypatch, capsys):

@@ -5,7 +5,6 @@ Run it again after an interruption: finished variants are kept, a half-trained o
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import sys
@@ -22,17 +21,39 @@ import yaml  # noqa: E402
 
 import train  # noqa: E402
 from common.checkpoint import read_checkpoint  # noqa: E402
-from common.cli import run_main  # noqa: E402
+from common.cli import Parser, run_main  # noqa: E402
 from common.errors import ConfigError, DataError  # noqa: E402
-from common.files import save_figure_atomic, write_csv_atomic  # noqa: E402
+from common.files import check_writable_output, mark_as_ours, save_figure_atomic, write_csv_atomic  # noqa: E402
+from common.options import number  # noqa: E402
 from common.runtime import pick_device  # noqa: E402
 from dataloader import validation_set  # noqa: E402
 from diffusion.sampling import SamplingSpec  # noqa: E402
 from metrics.structural import ssim, unpaired_scores  # noqa: E402
-from model import load_checkpoint, resolve_config, run_dir_for  # noqa: E402
+from model import OPTIONS, load_checkpoint, resolve_config, run_dir_for  # noqa: E402
 from recipes.latents import sample_tiles  # noqa: E402
 
 FIELDS = ["variant", "step", "ssim", "nll_bpd", "samples", "nll_images"]
+GRID_KEYS = ("base", "budget", "evaluate", "axes")
+# The settings of a grid's `evaluate` mapping and the values each takes.
+EVALUATE_SETTINGS = {
+    "samples": number(int, 1),
+    "nll_images": number(int, 1),
+    "seed": number(int, 0),
+    "cfg_scale": number(float, 0),
+    "sampling": str,
+}
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document of a text file; DataError for a binary or non-UTF-8 file, ConfigError for bad YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{what} {path}: not a text file (expected UTF-8 YAML)") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path}: not valid YAML ({err})") from None
 
 
 def load_grid(path: str | Path) -> dict[str, Any]:
@@ -40,13 +61,82 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--grid {path} does not exist")
-    grid = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(grid.get("axes"), dict) or not grid["axes"]:
-        raise ConfigError(f"--grid {path}: expected an 'axes' mapping (flag: [values] or flag: {{name: {{flags}}}})")
-    unknown = sorted(set(grid) - {"base", "budget", "evaluate", "axes"})
+    grid = read_yaml(path, "--grid")
+    if not isinstance(grid, dict):
+        raise ConfigError(f"--grid {path}: expected a mapping with the keys {', '.join(GRID_KEYS)}, "
+                          f"got a {type(grid).__name__}")
+    unknown = sorted(set(grid) - set(GRID_KEYS), key=str)
     if unknown:
-        raise ConfigError(f"--grid {path}: unknown keys {unknown}; expected base, budget, evaluate, axes")
+        raise ConfigError(f"--grid {path}: unknown keys {unknown}; expected {', '.join(GRID_KEYS)}")
+    check_base(grid.get("base"), path)
+    budget = grid.get("budget") or {}
+    if not isinstance(budget, dict):
+        raise ConfigError(f"--grid {path}: budget must be a mapping of train.py options to values")
+    check_options(budget, path, "budget")
+    grid["budget"] = budget
+    grid["evaluate"] = check_evaluate(grid.get("evaluate") or {}, path)
+    check_axes(grid.get("axes"), path)
     return grid
+
+
+def check_base(base: Any, path: Path) -> None:
+    """The grid's base, when given, is a readable train.py YAML mapping."""
+    if base is None:
+        return
+    if not isinstance(base, str) or not Path(base).is_file():
+        raise ConfigError(f"--grid {path}: base {base!r} is not a file (expected a train.py YAML config)")
+    if not isinstance(read_yaml(Path(base), f"--grid {path}: base"), (dict, type(None))):
+        raise ConfigError(f"--grid {path}: base {base} is not a mapping of train.py options")
+
+
+def check_options(flags: dict[str, Any], path: Path, where: str) -> None:
+    """Every key of `flags` is a train.py option; ConfigError naming the grid file, the key and the known options."""
+    known = set(OPTIONS.by_name) | set(OPTIONS.aliases)
+    unknown = sorted((str(k) for k in flags if k not in known))
+    if unknown:
+        raise ConfigError(f"--grid {path}: unknown train.py option(s) {unknown} under {where}; "
+                          f"known options: {', '.join(sorted(OPTIONS.by_name))}")
+
+
+def check_evaluate(settings: Any, path: Path) -> dict[str, Any]:
+    """The evaluate mapping with its values checked (samples, nll_images, seed, cfg_scale, sampling)."""
+    if not isinstance(settings, dict):
+        raise ConfigError(f"--grid {path}: evaluate must be a mapping of {', '.join(EVALUATE_SETTINGS)}")
+    out = {}
+    for key, value in settings.items():
+        if key not in EVALUATE_SETTINGS:
+            raise ConfigError(f"--grid {path}: unknown evaluate setting {key!r}; known: {', '.join(EVALUATE_SETTINGS)}")
+        convert = EVALUATE_SETTINGS[key]
+        try:
+            out[key] = convert(value)
+        except ValueError as err:
+            raise ConfigError(f"--grid {path}: evaluate {key}: {err}") from None
+    return out
+
+
+def check_axes(axes: Any, path: Path) -> None:
+    """axes maps a train.py option to a list of values, or an axis name to {variant name: {option: value}}."""
+    shape = "an 'axes' mapping (option: [values] or axis: {name: {options}})"
+    if not isinstance(axes, dict) or not axes:
+        raise ConfigError(f"--grid {path}: expected {shape}")
+    for axis, values in axes.items():
+        if isinstance(values, dict):
+            if not values:
+                raise ConfigError(f"--grid {path}: axis {axis!r} has no variants; expected {{name: {{options}}}}")
+            for name, flags in values.items():
+                if flags is not None and not isinstance(flags, dict):
+                    raise ConfigError(f"--grid {path}: axes {axis}.{name} must be a mapping of train.py options, "
+                                      f"got {flags!r}")
+                check_options(flags or {}, path, f"axes {axis}.{name}")
+        elif isinstance(values, list) and values:
+            check_options({axis: values}, path, "axes")
+            names = [str(v) for v in values]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ConfigError(f"--grid {path}: axes {axis} lists {twice} more than once; expected distinct values")
+        else:
+            raise ConfigError(f"--grid {path}: axes {axis}: expected a non-empty list of values (e.g. {axis}: "
+                              f"[{values!r}]) or a mapping of named variants, got {values!r}")
 
 
 def variants(axes: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -78,10 +168,15 @@ def as_argv(flags: dict[str, Any]) -> list[str]:
     return argv
 
 
+def variant_argv(grid: dict[str, Any], flags: dict[str, Any], out: Path) -> list[str]:
+    """train.py flags of one variant: the base config, the budget, the variant's flags and its run folder."""
+    argv = (["--config", str(grid["base"])] if grid.get("base") else []) + as_argv({**grid.get("budget", {}), **flags})
+    return argv + ["--out_dir", str(out)]
+
+
 def train_variant(grid: dict[str, Any], flags: dict[str, Any], out: Path) -> Path:
     """Train (or resume, or keep) one variant; returns its run folder."""
-    argv = (["--config", str(grid["base"])] if grid.get("base") else []) + as_argv({**grid.get("budget", {}), **flags})
-    argv += ["--out_dir", str(out)]
+    argv = variant_argv(grid, flags, out)
     run_dir = run_dir_for(resolve_config(argv))
     last = run_dir / "last.pt"
     budget = resolve_config(argv)["max_steps"]
@@ -126,10 +221,28 @@ def evaluate_variant(run_dir: Path, settings: dict[str, Any], device: torch.devi
 
 
 def read_results(path: Path) -> dict[str, dict[str, str]]:
+    """The rows of an earlier run's results.csv by variant; DataError naming the file when it cannot be read."""
     if not path.is_file():
         return {}
-    with path.open(newline="") as fh:
-        return {row["variant"]: row for row in csv.DictReader(fh)}
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in FIELDS if c not in (reader.fieldnames or [])]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path} cannot be read as the results CSV of an earlier run ({err}); remove it or choose another --out") from None
+    if missing:
+        raise DataError(f"{path}: missing columns {missing} of an earlier run's results; remove it or choose another --out")
+    return {row["variant"]: row for row in rows}
+
+
+def check_variants(grid: dict[str, Any], todo: Sequence[tuple[str, dict[str, Any]]], grid_path: str, out: Path) -> None:
+    """Resolve every variant's train.py config before the first training starts; ConfigError naming the variant."""
+    for name, flags in todo:
+        try:
+            resolve_config(variant_argv(grid, flags, out / "runs" / name))
+        except ConfigError as err:
+            raise ConfigError(f"--grid {grid_path}, variant {name}: {err}") from None
 
 
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -149,19 +262,29 @@ def plot_results(path: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+def make_output_folder(out: Path) -> None:
+    """Create --out with its runs/ folder, marked as written by this tool when it is new."""
+    new = not out.exists()
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    if new:
+        mark_as_ours(out, "tools/ablate.py")
+
+
 def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--grid", required=True, help="YAML with base, budget, evaluate and axes")
     p.add_argument("--out", required=True, help="folder for the runs, results.csv and results.png")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (evaluation; training follows the base config)")
     args = p.parse_args(argv)
     grid = load_grid(args.grid)
     out = Path(args.out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    device = pick_device(args.device)
+    check_writable_output(out, "--out", folder=True)
     done = read_results(out / "results.csv")
-    rows: list[dict[str, Any]] = []
     todo = variants(grid["axes"])
+    check_variants(grid, todo, args.grid, out)
+    device = pick_device(args.device)
+    make_output_folder(out)
+    rows: list[dict[str, Any]] = []
     for i, (name, flags) in enumerate(todo, start=1):
         if name in done:
             rows.append(done[name])

@@ -28,10 +28,11 @@ from skimage.measure import regionprops
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
-from common.cli import run_main
-from common.errors import ConfigError
+from common.cli import Parser, run_main
+from common.errors import ConfigError, DataError
 from common.figures import labelled_grid
-from common.files import save_image_atomic, write_csv_atomic
+from common.files import check_writable_output, save_image_atomic, write_csv_atomic
+from common.options import number
 from tools.segmentation import Tile, read_tiled_folder
 
 FEATURE_NAMES = (
@@ -85,11 +86,17 @@ def patch_features(image_uint8: np.ndarray, inst_mask: np.ndarray) -> np.ndarray
     )
 
 
-def cluster_tiles(tiles: Sequence[Tile], k: int, seed: int = 0) -> list[dict]:
-    """KMeans(k) on standardised patch features; cluster ids are numbered by size, largest first."""
+def cluster_tiles(tiles: Sequence[Tile], k: int, seed: int = 0, where: str = "patches") -> list[dict]:
+    """KMeans(k) on standardised patch features; cluster ids are numbered by size, largest first.
+
+    DataError (naming `where`) when fewer than k patches have distinct features."""
     if not 1 <= k <= len(tiles):
         raise ValueError(f"k must be between 1 and the number of patches ({len(tiles)}), got {k}")
     features = np.stack([patch_features(t.image, t.instances) for t in tiles])
+    distinct = len(np.unique(features, axis=0))
+    if distinct < k:
+        raise DataError(f"{where}: only {distinct} patch(es) with distinct features, fewer than k = {k} clusters; "
+                        "choose a smaller --k")
     scaled = StandardScaler().fit_transform(features)
     kmeans = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(scaled)
     distance = kmeans.transform(scaled)[np.arange(len(tiles)), kmeans.labels_]
@@ -133,12 +140,12 @@ def example_sheet(tiles: Sequence[Tile], rows: Sequence[dict], per_cluster: int 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Cluster the patches of a tiled folder (KMeans on stain, nuclei and texture features).")
+    p = Parser(description="Cluster the patches of a tiled folder (KMeans on stain, nuclei and texture features).")
     p.add_argument("--tiles", required=True, help="tiled folder (images/ with inst_masks/ and/or bin_masks/ or labels/)")
-    p.add_argument("--k", type=int, required=True, help="number of clusters")
+    p.add_argument("--k", type=number(int, 1), required=True, help="number of clusters")
     p.add_argument("--out", required=True, help="CSV with name,cluster,distance,<features>; example patches go next to it (.png)")
-    p.add_argument("--seed", type=int, default=0, help="KMeans seed (default 0)")
-    p.add_argument("--examples", type=int, default=6, help="example patches per cluster in the picture (default 6)")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="KMeans seed (default 0)")
+    p.add_argument("--examples", type=number(int, 1), default=6, help="example patches per cluster in the picture (default 6)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return p
 
@@ -146,14 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it")
-    if args.examples < 1:
-        raise ConfigError(f"--examples must be at least 1, got {args.examples}")
+    for path in (out, out.with_suffix(".png")):
+        check_writable_output(path, "--out", folder=False)
+        if path.exists() and not args.overwrite:
+            raise ConfigError(f"--out {path} already exists; pass --overwrite to replace it")
     tiles = read_tiled_folder(args.tiles)
     if not 1 <= args.k <= len(tiles):
         raise ConfigError(f"--k must be between 1 and the number of patches in {args.tiles} ({len(tiles)}), got {args.k}")
-    rows = cluster_tiles(tiles, args.k, args.seed)
+    rows = cluster_tiles(tiles, args.k, args.seed, where=f"--tiles {args.tiles}")
     write_csv_atomic(out, ("name", "cluster", "distance", *FEATURE_NAMES), rows)
     save_image_atomic(example_sheet(tiles, rows, args.examples), out.with_suffix(".png"))
     sizes = np.bincount([r["cluster"] for r in rows], minlength=args.k)

@@ -28,9 +28,10 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from common.cli import run_main
+from common.cli import Parser, run_main
 from common.errors import ConfigError, DataError
-from common.files import save_figure_atomic, write_csv_atomic
+from common.files import check_writable_output, mark_as_ours, save_figure_atomic, write_csv_atomic
+from common.options import number
 
 ALL_INDICES = ("calinski_harabasz", "silhouette", "dunn", "c_index", "mcclain_rao", "hartigan_h", "log_ss_ratio")
 DEFAULT_INDICES = ("calinski_harabasz", "silhouette", "dunn", "c_index", "mcclain_rao", "hartigan_h")
@@ -593,28 +594,52 @@ def read_features(path: Path) -> tuple[str, list[str], list[str], list[list[str]
     """Identifier column name, identifiers, feature names, the raw feature strings and the float matrix."""
     if not path.is_file():
         raise DataError(f"--features {path} does not exist")
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = [c.strip() for c in next(reader, [])]
-        id_column = next((c for c in ID_COLUMNS if c in header), None)
-        if id_column is None:
-            raise DataError(f"--features {path}: expected a 'tile' or 'name' column, found columns {header}")
-        feature_names = [c for c in header if c not in ID_COLUMNS]
-        if not feature_names:
-            raise DataError(f"--features {path}: no feature columns besides {id_column!r}")
-        where = [header.index(c) for c in feature_names]
-        ids, raw, values = [], [], []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(f"--features {path}, line {line}: expected {len(header)} fields, got {len(row)}")
-            ids.append(row[header.index(id_column)].strip())
-            raw.append([row[i].strip() for i in where])
-            values.append([_number(row[i], path, line, header[i]) for i in where])
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            id_column, ids, feature_names, raw, values = _read_feature_rows(csv.reader(handle), path)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"--features {path} cannot be read as a CSV text file ({err})") from None
     if len(ids) < 3:
         raise DataError(f"--features {path}: expected at least 3 rows of features, got {len(ids)}")
     return id_column, ids, feature_names, raw, np.array(values, dtype=np.float64)
+
+
+def _read_feature_rows(reader: Iterator[list[str]], path: Path) -> tuple[str, list[str], list[str], list[list[str]], list]:
+    """The rows of a features CSV, each identifier once (DataError naming the line otherwise)."""
+    header = [c.strip() for c in next(reader, [])]
+    id_column = next((c for c in ID_COLUMNS if c in header), None)
+    if id_column is None:
+        raise DataError(f"--features {path}: expected a 'tile' or 'name' column, found columns {header}")
+    feature_names = [c for c in header if c not in ID_COLUMNS]
+    if not feature_names:
+        raise DataError(f"--features {path}: no feature columns besides {id_column!r}")
+    where = [header.index(c) for c in feature_names]
+    ids, raw, values, lines = [], [], [], {}
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise DataError(f"--features {path}, line {line}: expected {len(header)} fields, got {len(row)}")
+        identifier = row[header.index(id_column)].strip()
+        if identifier in lines:
+            raise DataError(f"--features {path}, line {line}: {id_column} {identifier!r} is also on line "
+                            f"{lines[identifier]}; expected each {id_column} once")
+        lines[identifier] = line
+        ids.append(identifier)
+        raw.append([row[i].strip() for i in where])
+        values.append([_number(row[i], path, line, header[i]) for i in where])
+    return id_column, ids, feature_names, raw, values
+
+
+def check_distinct_points(values: np.ndarray, ks: Sequence[int], path: Path) -> None:
+    """DataError when the features cannot be split into the largest asked-for k clusters: every row the same, or
+    fewer distinct rows than that k."""
+    distinct = len(np.unique(values, axis=0))
+    if distinct == 1:
+        raise DataError(f"--features {path}: every row has the same features; there is nothing to cluster")
+    if distinct < max(ks):
+        raise DataError(f"--features {path}: only {distinct} distinct feature rows, fewer than k = {max(ks)} "
+                        f"clusters; choose a smaller --k (and --k_final)")
 
 
 def _number(text: str, path: Path, line: int, column: str) -> float:
@@ -681,7 +706,7 @@ def format_table(rows: Sequence[dict], names: Sequence[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="Pick the number of k-means clusters of tile features by a majority of validation indices."
     )
     p.add_argument("--features", required=True, help="CSV with a tile (or name) column and numeric feature columns")
@@ -697,13 +722,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--subsample",
-        type=int,
+        type=number(int, 2),
         default=None,
         help="compute silhouette, dunn, c_index and mcclain_rao on a seeded random subsample of N points "
         "(default: every point; a subsample biases Dunn upwards)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of KMeans and of the --subsample draw (default 0)")
-    p.add_argument("--k_final", type=int, default=None, help="cluster count for clusters.csv (default: the chosen k)")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of KMeans and of the --subsample draw (default 0)")
+    p.add_argument("--k_final", type=number(int, 2), default=None, help="cluster count for clusters.csv (default: the chosen k)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files in --out")
     return p
 
@@ -711,14 +736,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; expected a folder")
+    check_writable_output(out, "--out", folder=True)
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if existing and not args.overwrite:
         raise ConfigError(f"--out {out} already holds {', '.join(existing)}; pass --overwrite to replace them")
     names = parse_indices(args.indices)
-    if args.subsample is not None and args.subsample < 2:
-        raise ConfigError(f"--subsample must be at least 2 points, got {args.subsample}")
     if args.subsample is not None and not set(names) & set(PAIRWISE_INDICES):
         raise ConfigError(
             f"--subsample applies to {', '.join(PAIRWISE_INDICES)}, and --indices {args.indices!r} holds none of them"
@@ -729,12 +751,15 @@ def run(argv: Sequence[str] | None = None) -> dict:
     for flag, k in [("--k", k) for k in args.k] + ([("--k_final", args.k_final)] if args.k_final is not None else []):
         if not 2 <= k <= n - 1:
             raise ConfigError(f"{flag} {k}: expected 2 <= k <= {n - 1} (one less than the {n} rows of {features})")
+    check_distinct_points(values, [*args.k, *([args.k_final] if args.k_final is not None else [])], features)
     scaled = StandardScaler().fit_transform(values)
     rows, chosen, votes = evaluate_k_range(scaled, args.k, args.seed, args.subsample, names, progress=True)
     final_k = args.k_final if args.k_final is not None else chosen
     labels, confidence = cluster_with_confidence(scaled, final_k, args.seed)
     note = subsample_note(rows, args.subsample, args.seed)
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        out.mkdir(parents=True)
+        mark_as_ours(out, "tools/cluster_validation.py")
     columns = index_columns(names, rows)
     write_csv_atomic(out / "indices.csv", columns, [[r[c] for c in columns] for r in rows])
     plot_indices(rows, votes, out / "indices.png", note)

@@ -19,15 +19,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.cli import run_main  # noqa: E402
+from common.cli import Parser, run_main  # noqa: E402
 from common.errors import ConfigError, DataError  # noqa: E402
-from common.files import save_figure_atomic, write_csv_atomic  # noqa: E402
+from common.files import check_writable_output, save_figure_atomic, write_csv_atomic  # noqa: E402
 
 COLUMNS = ("run", "iou", "dice", "slide_iou_mean", "slide_iou_var", "tiles", "slides", "test_dir")
+NUMBERS = ("iou", "dice", "slide_iou_mean", "slide_iou_var", "tiles", "slides")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", nargs="+", required=True, metavar="NAME=DIR", help="scored runs: a name and the folder holding test_metrics.json")
     p.add_argument("--out", required=True, help="CSV to write (the bar plot goes beside it as .png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing CSV and plot")
@@ -44,9 +45,14 @@ def read_run(spec: str) -> dict[str, Any]:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: expected the test_metrics.json of a scored segmentation run ({err})") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: expected a JSON object (the test_metrics.json of a scored segmentation run)")
     missing = [c for c in COLUMNS[1:] if c not in metrics]
     if missing:
         raise DataError(f"{path}: missing {missing}; score the run with inference.py --test_dir")
+    wrong = [c for c in NUMBERS if isinstance(metrics[c], bool) or not isinstance(metrics[c], (int, float))]
+    if wrong:
+        raise DataError(f"{path}: {wrong} must be numbers, got {[metrics[c] for c in wrong]}")
     return {"run": name, **{c: metrics[c] for c in COLUMNS[1:]}}
 
 
@@ -67,6 +73,7 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     out = Path(args.out)
     picture = out.with_suffix(".png")
     for path in (out, picture):
+        check_writable_output(path, "--out", folder=False)
         if path.exists() and not args.overwrite:
             raise ConfigError(f"{path} exists; pass --overwrite to replace it")
     rows = [read_run(spec) for spec in args.runs]

@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.cli import run_main
+from common.cli import Parser, run_main
 from common.errors import ConfigError
-from common.files import write_csv_atomic, write_text_atomic
-from common.options import str_list
+from common.files import check_writable_output, write_csv_atomic, write_text_atomic
+from common.options import number, str_list
 from tools.evaluation import (
     METRIC_PRESETS,
     METRICS,
@@ -35,6 +35,7 @@ from tools.evaluation import (
     lpips_network,
     match_sizes,
     nll_bits_per_dim,
+    read_targets,
     ssim_convention,
     structural_metrics,
     style_distance,
@@ -47,33 +48,33 @@ NO_IMAGE_SET_METRICS = {"nll", "controllability", "style_distance", "layout_dice
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--real", help="folder of real images (recursive) or a .npy tile stack")
     p.add_argument("--fake", help="folder of generated images (recursive) or a .npy tile stack; for style_distance a STEDM output folder with samples.csv")
     p.add_argument("--metrics", default="ssim,ms_ssim,fid,kid,pr", help=f"comma-separated, from {', '.join(METRICS)} (default ssim,ms_ssim,fid,kid,pr)")
     p.add_argument("--out", required=True, help="results JSON; a CSV with the same numbers is written beside it")
     p.add_argument("--paired", choices=("auto", "yes", "no"), default="auto", help="pair SSIM/MS-SSIM/LPIPS by file name (auto: when every fake name has a real twin)")
-    p.add_argument("--pairs", type=int, default=1000, help="random real/fake pairs for unpaired SSIM/MS-SSIM/LPIPS (default 1000)")
-    p.add_argument("--image_size", type=int, help="resize every image to this size first")
-    p.add_argument("--limit", type=int, help="use at most this many images of each set")
+    p.add_argument("--pairs", type=number(int, 1), default=1000, help="random real/fake pairs for unpaired SSIM/MS-SSIM/LPIPS (default 1000)")
+    p.add_argument("--image_size", type=number(int, 1), help="resize every image to this size first")
+    p.add_argument("--limit", type=number(int, 1), help="use at most this many images of each set")
     p.add_argument("--lpips_backbone", choices=("vgg16", "alexnet"), default="vgg16", help="LPIPS backbone (default vgg16)")
     p.add_argument("--lpips_weights", help="local torchvision state dict of the LPIPS backbone (required for lpips)")
     p.add_argument("--lpips_linear", help="optional LPIPS calibration (lin layers) weights")
     p.add_argument("--inception_weights", help="local torchvision Inception-v3 state dict for FID/KID/PR (default: EfficientNet-Lite0)")
     p.add_argument("--features", help="classifier checkpoint whose penultimate layer gives the FID/KID/PR features")
     p.add_argument("--nll_ckpt", help="diffusion checkpoint whose variational bound (bits/dim) is computed on --real")
-    p.add_argument("--nll_images", type=int, default=64, help="real images used for the NLL (default 64; each costs T network passes)")
+    p.add_argument("--nll_images", type=number(int, 1), default=64, help="real images used for the NLL (default 64; each costs T network passes)")
     p.add_argument("--nll_condition", choices=NLL_CONDITIONS, default="null", help="bound of a conditional model with the null condition (unconditional) or each real image's true condition from --nll_condition_csv (default null)")
     p.add_argument("--nll_condition_csv", help="--nll_condition true: CSV with file,condition per --real image (file relative to --real, suffix optional, or a tile name of a .npy stack; condition: class id or score)")
     p.add_argument("--segmenter", help="layout_dice: a segmentation checkpoint trained on real tiles that segments the --fake tiles")
     p.add_argument("--targets", help="controllability: CSV with file,condition of generated images (inference.py's scores.csv)")
     p.add_argument("--classifier_ckpts", nargs="+", help="controllability: the classifier ensemble (files or folders)")
     p.add_argument("--metric_preset", choices=tuple(METRIC_PRESETS), default="default", help="SSIM/MS-SSIM convention: default (Wang et al.) or kpc (the KPC latent work: scikit-image SSIM win 3 uniform sample-covariance, torchmetrics MS-SSIM, generated images resized bilinearly to the real size)")
-    p.add_argument("--ssim_window", type=int, help="SSIM window in px, odd >= 3 (default: the preset's, 11 or 3); with the Gaussian it sets only the border strip left out, (N-1)/2 px")
+    p.add_argument("--ssim_window", type=number(int, 3), help="SSIM window in px, odd >= 3 (default: the preset's, 11 or 3); with the Gaussian it sets only the border strip left out, (N-1)/2 px")
     p.add_argument("--ssim_gaussian", action=argparse.BooleanOptionalAction, help="Gaussian-weighted (sigma 1.5, 11 taps) or uniform N x N SSIM window (default: the preset's)")
     p.add_argument("--ssim_sample_covariance", action=argparse.BooleanOptionalAction, help="sample (N^2/(N^2-1)) instead of population variances and covariance in SSIM (default: the preset's)")
-    p.add_argument("--batch_size", type=int, default=32, help="images per network pass (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random pairs and KID subsets (default 0)")
+    p.add_argument("--batch_size", type=number(int, 1), default=32, help="images per network pass (default 32)")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of random pairs and KID subsets (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return p
@@ -104,12 +105,17 @@ def check(args: argparse.Namespace, metrics: list[str]) -> None:
         raise ConfigError("--metrics controllability needs --targets CSV and --classifier_ckpts")
     if "style_distance" in metrics:
         check_style(args)
-    sizes = {"pairs": args.pairs, "batch_size": args.batch_size, "nll_images": args.nll_images,
-             "image_size": args.image_size, "limit": args.limit}
-    for name, value in sizes.items():
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {value}")
+    check_outputs(args, metrics)
+
+
+def check_outputs(args: argparse.Namespace, metrics: list[str]) -> None:
+    """--out (and the CSV and style files beside it) can be written, and replace nothing without --overwrite."""
     out = Path(args.out)
+    check_writable_output(out, "--out", folder=False)
+    check_writable_output(out.with_suffix(".csv"), "--out", folder=False)
+    if "style_distance" in metrics:
+        for path in style_outputs(out):
+            check_writable_output(path, "--out", folder=False)
     if out.exists() and not args.overwrite:
         raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it")
 
@@ -142,6 +148,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check(args, metrics)
     convention = ssim_convention(args.metric_preset, args.ssim_window, args.ssim_gaussian, args.ssim_sample_covariance)
     device = pick_device(args.device)
+    targets = read_targets(args.targets) if "controllability" in metrics else None
+    distribution = [m for m in ("fid", "kid", "pr") if m in metrics]
+    network = feature_network(args.inception_weights, args.features, device) if distribution else None
+    lpips = lpips_network(args.lpips_backbone, args.lpips_weights, args.lpips_linear) if "lpips" in metrics else None
     results: dict[str, Any] = {"metrics": metrics}
     real = load_images(args.real, args.image_size, args.limit, "--real") if args.real else None
     needs_fake = bool(args.fake and set(metrics) - NO_IMAGE_SET_METRICS)
@@ -152,21 +162,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results.update(resized)
         structural = [m for m in ("ssim", "ms_ssim", "lpips") if m in metrics]
         if structural:
-            lpips = lpips_network(args.lpips_backbone, args.lpips_weights, args.lpips_linear) if "lpips" in structural else None
             values, paired = structural_metrics(real, fake, structural, args.paired, args.pairs, args.seed, args.batch_size,
                                                 device, lpips, convention)
             results.update(values, paired=paired)
             if {"ssim", "ms_ssim"} & set(structural):
                 results.update(convention.record())
-        distribution = [m for m in ("fid", "kid", "pr") if m in metrics]
         if distribution:
-            network = feature_network(args.inception_weights, args.features, device)
             results.update(distribution_metrics(real, fake, distribution, network, args.batch_size, device, args.seed))
     if "nll" in metrics:
         results.update(nll_bits_per_dim(args.nll_ckpt, real, args.nll_images, args.batch_size, device,
                                         args.nll_condition, args.nll_condition_csv))
     if "controllability" in metrics:
-        results.update(controllability(args.targets, args.classifier_ckpts, args.batch_size, device))
+        results.update(controllability(targets, args.classifier_ckpts, args.batch_size, device))
     if "layout_dice" in metrics:
         results.setdefault("fake", args.fake)
         results.update(layout_adherence(args.fake, args.segmenter, device))

@@ -4,6 +4,7 @@ Also the colour-based style distance of STEDM output folders (see metrics/style_
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +29,9 @@ from metrics.features import (
 )
 from metrics.structural import SSIMConvention, paired_scores, unpaired_scores
 from metrics.style_distance import StyleRow, read_style_distances, summarize
-from model import load_checkpoint, load_ensemble
+from model import MODEL_TYPES, load_checkpoint, load_ensemble, recipe_for
+from recipes.base import LoadedModel
+from recipes.classifier import Classifier
 from recipes.transitions import RISE_TOLERANCE, spearman
 from tools.segmentation import read_tiled_folder, score_model
 
@@ -147,8 +150,27 @@ def lpips_network(backbone: str, weights: str | None, linear: str | None) -> LPI
     """The LPIPS distance from local weight files; a file that does not fit is a CheckpointError naming it."""
     try:
         return LPIPS(backbone, weights, linear)
-    except ValueError as err:
-        raise CheckpointError(str(err)) from None
+    except (ValueError, FileNotFoundError) as err:
+        given = f"--lpips_weights {weights}" + (f", --lpips_linear {linear}" if linear else "")
+        raise CheckpointError(f"{given}: expected local {backbone} LPIPS state dicts ({err})") from None
+
+
+def load_flag_checkpoint(path: str | Path, flag: str, device: torch.device, accepted: Sequence[str],
+                         expected: str) -> LoadedModel:
+    """The checkpoint given as `flag`, refused (naming the flag, the file and `expected`) when it cannot be read or
+    holds a model type outside `accepted`."""
+    try:
+        loaded = load_checkpoint(path, device)
+    except CheckpointError as err:
+        raise CheckpointError(f"{flag} {path}: expected {expected} ({err})") from None
+    if loaded.model_type not in accepted:
+        raise CheckpointError(f"{flag} {path} holds a {loaded.model_type} model; expected {expected}")
+    return loaded
+
+
+def classifier_types() -> tuple[str, ...]:
+    """The --model_type values whose checkpoints are classifiers."""
+    return tuple(name for name in MODEL_TYPES if isinstance(recipe_for(name), Classifier))
 
 
 def feature_network(inception_weights: str | None, classifier_ckpt: str | None, device: torch.device):
@@ -157,7 +179,9 @@ def feature_network(inception_weights: str | None, classifier_ckpt: str | None, 
     if inception_weights:
         return InceptionFeatures(inception_weights)
     if classifier_ckpt:
-        loaded = load_checkpoint(classifier_ckpt, device)
+        kinds = classifier_types()
+        loaded = load_flag_checkpoint(classifier_ckpt, "--features", device, kinds,
+                                      f"a classifier checkpoint ({', '.join(kinds)}) of train.py")
         return ClassifierFeatures(loaded.model)
     return EfficientNetLite0Features()
 
@@ -186,9 +210,8 @@ def nll_bits_per_dim(ckpt: str, real: ImageSet, count: int, batch: int, device: 
                      condition: str = "null", condition_csv: str | None = None) -> dict[str, Any]:
     """Variational bound of a pixel-space diffusion checkpoint on the first `count` real images, in bits/dim:
     with the null condition (`null`, the model's unconditional bound) or each image's true condition (`true`)."""
-    loaded = load_checkpoint(ckpt, device)
-    if loaded.model_type not in ("diffusion",):
-        raise DataError(f"--nll_ckpt {ckpt} holds a {loaded.model_type} model; the bound needs an unconditional or class-conditional pixel diffusion model")
+    loaded = load_flag_checkpoint(ckpt, "--nll_ckpt", device, ("diffusion",),
+                                  "an unconditional or class-conditional pixel diffusion checkpoint")
     unet = loaded.model_config["unet"]
     size = unet["image_size"]
     images = real.images[:count]
@@ -223,7 +246,13 @@ def true_conditions(csv_path: str | None, names: Sequence[str], conditions: Sequ
         raise ConfigError("--nll_condition true needs --nll_condition_csv CSV with file,condition of every --real image")
     path = Path(csv_path)
     rows = read_csv_rows(path, ("file", "condition"), "--nll_condition_csv")
-    by_name = {_image_name(r["file"]): (r["condition"], line) for line, r in enumerate(rows, start=2)}
+    by_name: dict[str, tuple[str, int]] = {}
+    for line, row in enumerate(rows, start=2):
+        name = _image_name(row["file"] or "")
+        if name in by_name:
+            raise DataError(f"--nll_condition_csv {path}, line {line}: image {row['file']!r} is also on line "
+                            f"{by_name[name][1]}; expected one condition per image")
+        by_name[name] = (row["condition"], line)
     missing = [n for n in names if n not in by_name]
     if missing:
         raise DataError(f"--nll_condition_csv {path}: no condition for {len(missing)} image(s), e.g. {missing[:3]}")
@@ -257,15 +286,58 @@ def _score(text: str, line: int, path: Path, num_labels: int) -> float:
     return value
 
 
-def controllability(targets_csv: str, classifier_ckpts: list[str], batch: int, device: torch.device) -> dict[str, float]:
-    """Spearman correlation and AUC (target >= 0.5 as positive) of the ensemble's score against the target condition."""
+@dataclass
+class Targets:
+    """The generated images of a --targets CSV (resolved inside its folder), their target conditions and rows."""
+
+    files: list[Path]
+    conditions: np.ndarray
+    rows: list[dict[str, str]]
+
+
+def read_targets(targets_csv: str | Path) -> Targets:
+    """A file,condition CSV whose files lie in (or below) its own folder; DataError naming the line otherwise."""
     path = Path(targets_csv)
     rows = read_csv_rows(path, ("file", "condition"), "--targets")
     if not rows:
         raise DataError(f"--targets {path}: no rows (expected file,condition as in inference.py's scores.csv)")
-    target = np.array([_condition(r["condition"], path, line) for line, r in enumerate(rows, start=2)])
-    images = torch.stack([read_image(path.parent / r["file"], None) for r in rows])
-    ensemble, _ = load_ensemble(classifier_ckpts, device)
+    files = [target_file(path, line, row.get("file")) for line, row in enumerate(rows, start=2)]
+    first_line: dict[Path, int] = {}
+    for line, file in enumerate(files, start=2):
+        if file in first_line:
+            raise DataError(f"--targets {path}, line {line}: file {rows[line - 2]['file']!r} is also on line "
+                            f"{first_line[file]}; expected each generated image once")
+        first_line[file] = line
+    conditions = np.array([_condition(row.get("condition"), path, line) for line, row in enumerate(rows, start=2)])
+    return Targets(files, conditions, rows)
+
+
+def target_file(csv_path: Path, line: int, entry: str | None) -> Path:
+    """The image a --targets `file` entry names, relative to the CSV's folder; absolute paths and paths that
+    leave that folder are refused."""
+    where = f"--targets {csv_path}, line {line}"
+    text = (entry or "").strip()
+    if not text:
+        raise DataError(f"{where}: no file (expected an image path relative to the CSV's folder)")
+    if Path(text).is_absolute():
+        raise DataError(f"{where}: file {text!r} is an absolute path; expected a path relative to the CSV's folder "
+                        f"{csv_path.parent}")
+    relative = Path(os.path.normpath(text))
+    if relative.parts and relative.parts[0] == "..":
+        raise DataError(f"{where}: file {text!r} leaves the CSV's folder {csv_path.parent}; expected a path inside it")
+    file = csv_path.parent / relative
+    if not file.is_file():
+        raise DataError(f"{where}: file {text!r} does not exist in {csv_path.parent}")
+    return file
+
+
+def controllability(targets_csv: str | Path | Targets, classifier_ckpts: list[str], batch: int,
+                    device: torch.device) -> dict[str, float]:
+    """Spearman correlation and AUC (target >= 0.5 as positive) of the ensemble's score against the target condition."""
+    targets = targets_csv if isinstance(targets_csv, Targets) else read_targets(targets_csv)
+    rows, target = targets.rows, targets.conditions
+    images = torch.stack([read_image(file, None) for file in targets.files])
+    ensemble = classifier_ensemble(classifier_ckpts, device)
     with torch.no_grad():
         scores = torch.cat([ensemble(images[i : i + batch].to(device)).cpu() for i in range(0, len(images), batch)]).numpy()
     positive = target >= 0.5
@@ -276,6 +348,16 @@ def controllability(targets_csv: str, classifier_ckpts: list[str], batch: int, d
         result["controllability_rising_share"] = rising_sequences([r["sequence"] for r in rows], target, scores)
         result["controllability_rise_tolerance"] = RISE_TOLERANCE
     return result
+
+
+def classifier_ensemble(paths: Sequence[str], device: torch.device):
+    """The --classifier_ckpts ensemble; a checkpoint that cannot be read is refused naming the flag."""
+    try:
+        return load_ensemble(paths, device)[0]
+    except CheckpointError as err:
+        if str(err).startswith("--classifier_ckpts"):
+            raise
+        raise CheckpointError(f"--classifier_ckpts: expected classifier checkpoints of train.py ({err})") from None
 
 
 def rising_sequences(sequences: Sequence[str], target: np.ndarray, scores: np.ndarray,
@@ -296,9 +378,8 @@ def layout_adherence(folder: str, segmenter: str, device: torch.device) -> dict[
     path = Path(segmenter)
     if not path.is_file():
         raise ConfigError(f"--segmenter {path}: no such checkpoint (a --model_type segmentation run's best.pt or last.pt)")
-    loaded = load_checkpoint(path, device)
-    if loaded.model_type != "segmentation":
-        raise ConfigError(f"--segmenter {path} holds a {loaded.model_type} model; layout_dice needs a segmentation checkpoint")
+    loaded = load_flag_checkpoint(path, "--segmenter", device, ("segmentation",),
+                                  "a segmentation checkpoint (layout_dice needs one)")
     tiles = read_tiled_folder(folder)
     if not tiles:
         raise DataError(f"--fake {folder}: no generated tiles with layouts (expected images/ and labels/ or bin_masks/)")
@@ -307,11 +388,16 @@ def layout_adherence(folder: str, segmenter: str, device: torch.device) -> dict[
             "layout_recall": scores["recall"], "layout_tiles": len(tiles), "segmenter": str(path)}
 
 
-def _condition(text: str, path: Path, line: int) -> float:
+def _condition(text: str | None, path: Path, line: int) -> float:
+    if text is None or not text.strip():
+        raise DataError(f"--targets {path}, line {line}: no condition (expected file,condition with a number)")
     try:
-        return float(text)
-    except (TypeError, ValueError):
-        raise DataError(f"--targets {path}, line {line}: condition {text!r} is not a number") from None
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value):
+        raise DataError(f"--targets {path}, line {line}: condition {text!r} is not a finite number")
+    return value
 
 
 def style_distance(folder: str, limit: int | None) -> tuple[dict[str, Any], list[StyleRow]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,9 +33,17 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import train  # noqa: E402
-from common.cli import run_main  # noqa: E402
+from common.cli import Parser, run_main  # noqa: E402
 from common.errors import ConfigError, DataError  # noqa: E402
-from common.files import save_figure_atomic, write_csv_atomic  # noqa: E402
+from common.files import (  # noqa: E402
+    check_replaceable,
+    check_writable_output,
+    mark_as_ours,
+    remove_ours,
+    save_figure_atomic,
+    write_csv_atomic,
+)
+from common.options import number  # noqa: E402
 from common.runtime import pick_device  # noqa: E402
 from data.monuseg import (  # noqa: E402
     TILE_NAME,
@@ -377,15 +384,29 @@ def runs_folder(out: Path) -> Path:
     return out.with_name(f"{out.stem}_runs")
 
 
-def prepare_outputs(out: Path, overwrite: bool) -> Path:
-    """ConfigError when the results or their runs folder exist without `overwrite`; an empty runs folder otherwise."""
+def check_outputs(out: Path, overwrite: bool, inputs: Sequence[str | os.PathLike]) -> None:
+    """Before any work: the results, summary, plot and runs folder can be written, and without `overwrite` none
+    exists; with it, an existing runs folder must be one this tool wrote that holds none of the `inputs`."""
     runs = runs_folder(out)
-    for path in (out, runs):
+    files = (out, summary_path(out), out.with_suffix(".png"))
+    for path in files:
+        check_writable_output(path, "--out", folder=False)
+    check_writable_output(runs, "--out", folder=True)
+    for path in (out, summary_path(out), runs):
         if path.exists() and not overwrite:
             raise ConfigError(f"--out: {path} already exists; pass --overwrite to replace it")
+    if runs.exists() or runs.is_symlink():
+        check_replaceable(runs, "--overwrite", keep=list(inputs))
+
+
+def prepare_outputs(out: Path, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """An empty runs folder marked as this tool's (an earlier one of this tool replaced with `overwrite`)."""
+    check_outputs(out, overwrite, inputs)
+    runs = runs_folder(out)
     if runs.exists():
-        shutil.rmtree(runs)
+        remove_ours(runs, "--overwrite", keep=list(inputs))
     runs.mkdir(parents=True)
+    mark_as_ours(runs, "tools/segmentation.py")
     return runs
 
 
@@ -430,16 +451,15 @@ def run_downstream(
         raise ConfigError(f"--seeds: expected distinct seeds, got {seeds}")
     if not real_counts or any(c is not None and c < 1 for c in real_counts):
         raise ConfigError(f"--real_counts: expected positive counts, got {list(real_counts)}")
-    for path in (out, summary_path(out)):
-        if path.exists() and not overwrite:
-            raise ConfigError(f"--out: {path} already exists; pass --overwrite to replace it")
+    inputs = [real_dir, *synthetic_dirs]
+    check_outputs(out, overwrite, inputs)
     tiles = split_tiles(real_dir, synthetic_dirs, held_out_fraction, settings.seed)
     if any(r > 0 for r in ratios) and not tiles.synthetic:
         raise ConfigError("--synthetic: no synthetic tiles are left once those made from held-out layouts are left out")
     for count in real_counts:
         keep_real_tiles(tiles.train_real, count, seeds[0])
     print(f"real tiles: {len(tiles.train_real)} for training, {len(tiles.held_out)} held out; synthetic tiles: {len(tiles.synthetic)}")
-    runs = prepare_outputs(out, overwrite)
+    runs = prepare_outputs(out, overwrite, inputs)
     synthetic = stage_tiles(DownstreamTiles([], [], tiles.synthetic), runs / "tiles")
     device = pick_device(settings.device)
     rows = []
@@ -465,14 +485,19 @@ def run_downstream(
     return rows
 
 
+COUNT = number(int, 1)
+SEED = number(int, 0)
+RATIO = number(float, 0, 1)
+
+
 def parse_counts(text: str | None) -> list[int | None]:
     """'8,16,32' -> [8, 16, 32]; None or 'all' -> [None] (every real training tile)."""
     if text is None or text.strip().lower() == "all":
         return [None]
     try:
-        return [None if part.strip().lower() == "all" else int(part) for part in text.split(",") if part.strip()]
+        return [None if part.strip().lower() == "all" else COUNT(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ConfigError(f"--real_counts: expected comma-separated counts (or all), got {text!r}") from None
+        raise ConfigError(f"--real_counts: expected comma-separated counts >= 1 (or all), got {text!r}") from None
 
 
 def parse_seeds(text: str | None, default: int) -> list[int]:
@@ -480,34 +505,34 @@ def parse_seeds(text: str | None, default: int) -> list[int]:
     if text is None:
         return [default]
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [SEED(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ConfigError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+        raise ConfigError(f"--seeds: expected comma-separated integers >= 0, got {text!r}") from None
 
 
 def parse_ratios(text: str) -> list[float]:
     """'0,0.5,1' -> [0.0, 0.5, 1.0]."""
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        return [RATIO(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(f"--ratios: expected comma-separated numbers in [0, 1], got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags of the downstream check."""
-    p = argparse.ArgumentParser(description="Train the segmentation model on real plus synthetic tiles and score it on held-out real tiles.")
+    p = Parser(description="Train the segmentation model on real plus synthetic tiles and score it on held-out real tiles.")
     p.add_argument("--real", required=True, help="tiled folder of real tiles (images/, bin_masks/ or labels/, inst_masks/)")
     p.add_argument("--synthetic", nargs="+", default=[], help="tiled folders of generated tiles (labels/ or bin_masks/)")
     p.add_argument("--ratios", default="0,0.5", help="shares of synthetic tiles per batch, one model each (default 0,0.5)")
-    p.add_argument("--steps", type=int, default=300, help="training steps per model (default 300)")
-    p.add_argument("--batch_size", type=int, default=8, help="batch size (default 8)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and, without --seeds, of the batches and the weights (default 0)")
+    p.add_argument("--steps", type=number(int, 1), default=300, help="training steps per model (default 300)")
+    p.add_argument("--batch_size", type=number(int, 1), default=8, help="batch size (default 8)")
+    p.add_argument("--lr", type=number(float, 0, low_open=True), default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the held-out split and, without --seeds, of the batches and the weights (default 0)")
     p.add_argument("--real_counts", help="numbers of real training tiles to train with, e.g. 8,16,32 (each drawn by the run's seed; default all)")
     p.add_argument("--seeds", help="repeat every setting with these seeds (real tiles drawn, batches, weights), e.g. 0,1,2; the results give mean and spread")
-    p.add_argument("--held_out", type=float, default=0.3, help="share of real source images held out for scoring (default 0.3)")
+    p.add_argument("--held_out", type=number(float, 0, 1, low_open=True, high_open=True), default=0.3, help="share of real source images held out for scoring (default 0.3)")
     p.add_argument("--seg_encoder", default="resnet34", help="segmentation_models_pytorch encoder of the UNet (default resnet34)")
-    p.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes of each run (default 2)")
+    p.add_argument("--num_workers", type=number(int, 0), default=2, help="data-loading worker processes of each run (default 2)")
     p.add_argument("--out", default="results/downstream.csv", help="results CSV; the plot goes next to it (.png), the runs into <stem>_runs/")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file and its runs folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -517,11 +542,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> list[dict]:
     """Parse the flags and run the downstream check."""
     args = build_parser().parse_args(argv)
-    for name, value, least in (("steps", args.steps, 1), ("batch_size", args.batch_size, 1), ("num_workers", args.num_workers, 0)):
-        if value < least:
-            raise ConfigError(f"--{name} must be at least {least}, got {value}")
-    if args.lr <= 0:
-        raise ConfigError(f"--lr must be positive, got {args.lr}")
     settings = TrainSettings(args.steps, args.batch_size, args.lr, args.seed, args.seg_encoder, args.device, args.num_workers)
     return run_downstream(args.real, args.synthetic, parse_ratios(args.ratios), args.held_out, settings, args.out, args.overwrite,
                           real_counts=parse_counts(args.real_counts), seeds=parse_seeds(args.seeds, args.seed))
