@@ -7,7 +7,6 @@ Run as a script, `python dataloader.py --summary FILE` prints a JSON summary of 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -18,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from common.cli import run_main
+from common.cli import Parser, run_main
 from common.errors import ConfigError
 from common.files import read_csv_rows
-from common.options import Option, flag_bool, float_list, str_list
+from common.options import Option, flag_bool, number, number_list, str_list
 from data.annotations import DEFAULT_SOFT_THRESHOLDS, SOFT_MODES, Annotation, ClassMap, DataError, check_soft_thresholds
 from data.condition_maps import MapOptions, map_settings
 from data.families import LAYOUT_DATASETS, PCAM_DATASETS, REGION_DATASETS, SEGMENTATION_DATASETS, TILE_DATASETS
@@ -79,8 +78,8 @@ from data.wsi import (
 O = Option
 DATA_OPTIONS: tuple[Option, ...] = (
     # patches
-    O("tile_size", int, 64, "patch size in pixels (level 0 of a slide, or the tiles cut from layout images)", None, "patches"),
-    O("val_fraction", float, 0.2, "validation share: of each slide's annotations by y (the y-percentile splits cut at the (1 - this) quantile), of the layout images, or of a stack's training tiles", None, "patches"),
+    O("tile_size", number(int, 8), 64, "patch size in pixels (level 0 of a slide, or the tiles cut from layout images)", None, "patches"),
+    O("val_fraction", number(float, 0, 1, high_open=True), 0.2, "validation share: of each slide's annotations by y (the y-percentile splits cut at the (1 - this) quantile), of the layout images, or of a stack's training tiles", None, "patches"),
     O("augment", flag_bool, True, "random 90-degree rotations and flips", None, "patches"),
     # WSI data
     O("slides_dir", str, None, "folder of whole-slide images (default: the data set's layout)", None, "slides"),
@@ -92,64 +91,48 @@ DATA_OPTIONS: tuple[Option, ...] = (
     O("annotators", str_list, None, "voters whose votes make the soft labels: SlideRunner person names or ids (e.g. 1,2), MIDOG JSON vote positions (1-3; default: everyone)", None, "wsi data"),
     O("indeterminate", str, "negative", "meningioma: what INDET spots are", ("negative", "mitotic", "skip"), "wsi data"),
     O("split", str, None, "train/val split: slides (CSV), y_percentile (per slide, the (1 - val_fraction) y quantile of all annotations) or y_percentile_positive (of the mitotic ones, as the transition work did; default: slides when a split file exists)", SPLITS, "wsi data"),
-    O("mite_ratio", float, 0.5, "fraction of mitotic patches in each training batch", None, "wsi data"),
+    O("mite_ratio", number(float, 0, 1), 0.5, "fraction of mitotic patches in each training batch", None, "wsi data"),
     O("soft_vs_hard", str, "hard", "labels: hard (agreed class) or soft (share of mitotic votes)", ("soft", "hard"), "wsi data"),
     O("soft_mode", str, "binned", "soft labels from the share of mitotic votes: binned (0 none, 0.5 some, 1 all), thresholds (--soft_thresholds, as the transition work did) or continuous", SOFT_MODES, "wsi data"),
-    O("soft_thresholds", float_list, list(DEFAULT_SOFT_THRESHOLDS), "--soft_mode thresholds: low,high; share < low -> 0, low <= share <= high -> 0.5, share > high -> 1", None, "wsi data"),
+    O("soft_thresholds", number_list(float), list(DEFAULT_SOFT_THRESHOLDS), "--soft_mode thresholds: low,high; share < low -> 0, low <= share <= high -> 0.5, share > high -> 1", None, "wsi data"),
     O("soft_sampling", str, "hard_label", "training draws: hard_label (mitotic vs negative at --mite_ratio) or uniform_bins (each score bin 0 / 0.5 / 1 equally likely, then an annotation in it, as the transition work did)", SOFT_SAMPLINGS, "wsi data"),
-    O("max_offset", int, 0, "random shift of the patch centre, in pixels", None, "wsi data"),
+    O("max_offset", number(int, 0), 0, "random shift of the patch centre, in pixels", None, "wsi data"),
     O("scaling", str, "minmax", "pixel scaling to [-1, 1]: minmax, per-image 99th percentile clipped at 1, or unclipped as the transition work did", SCALINGS, "wsi data"),
     # layout data
-    O("stride", int, None, "stride of the tiling of layout images (default: --tile_size)", None, "layout data"),
-    O("min_area", int, 30, "nuclei fragments smaller than this many pixels are dropped", None, "layout data"),
-    O("num_classes", int, 2, "semantic classes incl. background (2: nucleus vs background)", None, "layout data"),
+    O("stride", number(int, 1), None, "stride of the tiling of layout images (default: --tile_size)", None, "layout data"),
+    O("min_area", number(int, 0), 30, "nuclei fragments smaller than this many pixels are dropped", None, "layout data"),
+    O("num_classes", number(int, 2), 2, "semantic classes incl. background (2: nucleus vs background)", None, "layout data"),
     O("no_instance", flag_bool, False, "leave out the instance-edge map", None, "layout data"),
     O("use_hv_map", flag_bool, False, "add HoVer-Net horizontal/vertical distance maps (2 channels)", None, "layout data"),
     O("use_col_map", flag_bool, False, "add the colour map: each nucleus filled with its mean colour (3 channels)", None, "layout data"),
-    O("cluster_id", int, None, "the cluster of --cluster_file to train on", None, "layout data"),
+    O("cluster_id", number(int, 0), None, "the cluster of --cluster_file to train on", None, "layout data"),
     # tile stacks
-    O("stack_slice", int, 0, "which slice S of an (N, S, H, W, 3) stack", None, "tile data"),
-    O("test_size", int, 1000, "the last N tiles of the stack are the held-out test split", None, "tile data"),
+    O("stack_slice", number(int, 0), 0, "which slice S of an (N, S, H, W, 3) stack", None, "tile data"),
+    O("test_size", number(int, 0), 1000, "the last N tiles of the stack are the held-out test split", None, "tile data"),
     # PatchCamelyon
-    O("pcam_crop", int, None, "centre crop of the 96 px PatchCamelyon patches (32 in the PCam DDPM work)", None, "pcam data"),
-    O("class_filter", int, None, "train on one PatchCamelyon class only (0 non-cancerous, 1 cancerous)", None, "pcam data"),
+    O("pcam_crop", number(int, 1), None, "centre crop of the 96 px PatchCamelyon patches (32 in the PCam DDPM work)", None, "pcam data"),
+    O("class_filter", number(int, 0, 1), None, "train on one PatchCamelyon class only (0 non-cancerous, 1 cancerous)", None, "pcam data"),
     # segmentation tile pairs
     O("datasets", str_list, None, "seg_tiles: folders of images/*.png + masks/*.png, comma-separated (default --data_root)", None, "segmentation data"),
-    O("ratios", str_list, None, "seg_tiles: share of every training batch from each --datasets folder, e.g. 0.2,0.8 (default equal)", None, "segmentation data"),
+    O("ratios", number_list(float, 0, min_items=1), None, "seg_tiles: share of every training batch from each --datasets folder, e.g. 0.2,0.8 (default equal)", None, "segmentation data"),
     O("stain_augment", flag_bool, False, "seg_tiles: seeded HED stain jitter of the training tiles", None, "segmentation data"),
     # region data
     O("class_map", str, None, "region classes to labels, e.g. stroma:1,tumor:2 (background 0; default: the data set's)", None, "region data"),
-    O("num_style_images", int, 2, "style reference crops per patch", None, "region data"),
+    O("num_style_images", number(int, 0), 2, "style reference crops per patch", None, "region data"),
     O("style_sampling", str, "multi_patch", "where style crops come from: near the patch on its slide, random tissue of its slide, strong affine transforms of the patch, or nowhere", STYLE_MODES, "region data"),
-    O("patches_per_slide", int, 64, "seeded patch positions with tissue per training slide", None, "region data"),
-    O("level", int, None, "pyramid level the region slides are read at (default 0)", None, "region data"),
-    O("mpp", float, None, "read each region slide at the level whose microns per pixel are nearest this (instead of --level)", None, "region data"),
-    O("labelled_per_class", int, None, "keep the layouts of only N seeded training units per class (slides: the split file's class column; flowers: the species); the rest serve as styles only", None, "region data"),
+    O("patches_per_slide", number(int, 1), 64, "seeded patch positions with tissue per training slide", None, "region data"),
+    O("level", number(int, 0), None, "pyramid level the region slides are read at (default 0)", None, "region data"),
+    O("mpp", number(float, 0, low_open=True), None, "read each region slide at the level whose microns per pixel are nearest this (instead of --level)", None, "region data"),
+    O("labelled_per_class", number(int, 1), None, "keep the layouts of only N seeded training units per class (slides: the split file's class column; flowers: the species); the rest serve as styles only", None, "region data"),
     # clusters
     O("cluster_file", str, None, "cluster CSV: sdm trains on --cluster_id of tools.cluster's tiles; ldm takes every tile's cluster as its label", None, "clusters"),
 )
 
 
 def check_data_options(config: dict[str, Any]) -> None:
-    """Defaults that depend on other options, and the ranges of the data options (ConfigError)."""
+    """Defaults and checks that depend on other options (ConfigError); the option table checks each one's range."""
     if config["stride"] is None:
         config["stride"] = config["tile_size"]
-    checks = [
-        ("tile_size", config["tile_size"] >= 8, "at least 8"),
-        ("stride", config["stride"] >= 1, "at least 1"),
-        ("mite_ratio", 0.0 <= config["mite_ratio"] <= 1.0, "in [0, 1]"),
-        ("max_offset", config["max_offset"] >= 0, "non-negative"),
-        ("num_classes", config["num_classes"] >= 2, "at least 2 (background and nucleus)"),
-        ("test_size", config["test_size"] >= 0, "non-negative"),
-        ("num_style_images", config["num_style_images"] >= 0, "non-negative"),
-        ("patches_per_slide", config["patches_per_slide"] >= 1, "at least 1"),
-        ("level", config["level"] is None or config["level"] >= 0, "non-negative"),
-        ("mpp", config["mpp"] is None or config["mpp"] > 0, "positive"),
-        ("labelled_per_class", config["labelled_per_class"] is None or config["labelled_per_class"] >= 1, "at least 1"),
-    ]
-    for name, ok, expected in checks:
-        if not ok:
-            raise ConfigError(f"--{name} must be {expected}, got {config[name]}")
     check_soft_options(config)
     if config["split"] == "slides" and config["split_file"] is None and config["dataset"] != "synthetic":
         raise ConfigError("--split slides needs --split_file CSV (columns slide,split)")
@@ -196,13 +179,10 @@ def segmentation_ratios(config: dict[str, Any]) -> list[float]:
     raw = config.get("ratios")
     if not raw:
         return [1.0 / count] * count
-    try:
-        ratios = [float(r) for r in raw]
-    except (TypeError, ValueError):
-        raise ConfigError(f"--ratios must be numbers, got {','.join(map(str, raw))}") from None
+    ratios = [float(r) for r in raw]
     if len(ratios) != count:
         raise ConfigError(f"--ratios has {len(ratios)} values but --datasets names {count} folder(s); give one share per folder")
-    if any(not np.isfinite(r) or r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+    if abs(sum(ratios) - 1.0) > 1e-6:
         raise ConfigError(f"--ratios must be non-negative shares summing to 1, got {','.join(map(str, raw))}")
     return ratios
 
@@ -651,7 +631,7 @@ def summarise(path: str | Path) -> dict[str, Any]:
 
 
 def print_summary(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Inspect annotation files.")
+    parser = Parser(description="Inspect annotation files.")
     parser.add_argument("--summary", required=True, metavar="FILE", help="SlideRunner .sqlite or MIDOG .json")
     print(json.dumps(summarise(parser.parse_args(argv).summary), indent=2))
 

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Sequence
 
 import dataloader
-from common.cli import run_main
+from common.cli import Parser, run_main
 from common.errors import ConfigError
+from common.files import check_replaceable, check_writable_output
+from common.options import number
 from common.runtime import pick_device
 from diffusion.sampling import SAMPLERS
 from model import MODEL_TYPES, load_checkpoint, load_ensemble, recipe_for
@@ -30,23 +32,23 @@ SAMPLING_FLAGS = ("sampler", "steps", "timestep_respacing", "eta", "save_traject
 
 def build_parser() -> argparse.ArgumentParser:
     lines = __doc__.splitlines()
-    p = argparse.ArgumentParser(description=lines[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(lines[2:]))
+    p = Parser(description=lines[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(lines[2:]))
     common = p.add_argument_group("all checkpoints")
     common.add_argument("--ckpt", "--diffusion_ckpt", dest="ckpt", nargs="+", required=True, help="checkpoint(s) (best.pt, last.pt, step_N.pt); sdm takes several")
-    common.add_argument("--seed", type=int, default=0, help="seed of the starting noise and of the per-step noise (default 0)")
-    common.add_argument("--batch_size", type=int, default=8, help="sequences, tiles or layouts per batch (default 8)")
+    common.add_argument("--seed", type=number(int, 0), default=0, help="seed of the starting noise and of the per-step noise (default 0)")
+    common.add_argument("--batch_size", type=number(int, 1), default=8, help="sequences, tiles or layouts per batch (default 8)")
     common.add_argument("--out_dir", default="outputs/samples", help="output folder (default outputs/samples)")
     common.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     common.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sampling = p.add_argument_group("diffusion, sdm and ldm checkpoints: sampling")
     sampling.add_argument("--sampler", choices=SAMPLERS, help="ddpm (ancestral) or ddim (default ddim)")
-    sampling.add_argument("--steps", type=int, help="sampling steps (default 50; ddpm respaces when fewer than T)")
+    sampling.add_argument("--steps", type=number(int, 1), help="sampling steps (default 50; ddpm respaces when fewer than T)")
     sampling.add_argument("--timestep_respacing", help="instead of --sampler/--steps: ddimN, or section counts such as 250 or 10,15,20 (ddpm)")
-    sampling.add_argument("--eta", type=float, default=0.0, help="DDIM eta; 0 is deterministic (default 0)")
-    sampling.add_argument("--cfg_scale", "--s", dest="cfg_scale", type=float, nargs="+",
+    sampling.add_argument("--eta", type=number(float, 0), default=0.0, help="DDIM eta; 0 is deterministic (default 0)")
+    sampling.add_argument("--cfg_scale", "--s", dest="cfg_scale", type=number(float, 0), nargs="+",
                           help="classifier-free guidance scale; 1 = conditional only (default 1; sdm 1.5, and takes several)")
     sampling.add_argument("--save_trajectory", action="store_true", help="also write trajectory.gif: x_t and predicted x_0 of the first samples during the reverse process (pixel-space models)")
-    sampling.add_argument("--trajectory_every", type=int, default=10, help="record every k-th sampling step for --save_trajectory (default 10)")
+    sampling.add_argument("--trajectory_every", type=number(int, 1), default=10, help="record every k-th sampling step for --save_trajectory (default 10)")
     seen: dict[str, InferenceFlag] = {}
     for name, model_type in MODEL_TYPES.items():
         flags = [f for f in model_type.recipe.all_inference_flags() if f.dest not in seen]
@@ -75,13 +77,19 @@ def check_flags(args: argparse.Namespace, ctx: RenderContext) -> None:
 
 
 def check_common(args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch_size must be at least 1, got {args.batch_size}")
-    if args.eta < 0:
-        raise ConfigError(f"--eta must be non-negative, got {args.eta}")
     out = Path(args.out_dir)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise ConfigError(f"output folder {out} already exists; pass --overwrite to replace it")
+    check_writable_output(out, "--out_dir")
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise ConfigError(f"output folder {out} already exists; pass --overwrite to replace it")
+        check_replaceable(out, "--out_dir", inputs_of(args))
+
+
+def inputs_of(args: argparse.Namespace) -> list[Path]:
+    """The existing files and folders named by any flag (checkpoints, ensembles, layouts): never to be deleted."""
+    values = [v for name, value in vars(args).items() if name != "out_dir"
+              for v in (value if isinstance(value, list) else [value])]
+    return [Path(v) for v in values if isinstance(v, str) and v and Path(v).exists()]
 
 
 DATA_ACCESS = DataAccess(validation_set=dataloader.validation_set, layouts=dataloader.layout_dataset, tiles=dataloader.stack_split)

@@ -12,9 +12,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from common.checkpoint import read_checkpoint
+from common.checkpoint import checked_network, read_checkpoint
 from common.errors import CheckpointError, ConfigError
-from common.options import Option, OptionTable, flag_bool
+from common.options import Option, OptionTable, flag_bool, number
 from dataloader import DATA_OPTIONS, check_data_options
 from data.families import DATASETS
 from recipes import autoencoder, classifier, latent, score_diffusion, segmentation, semantic, style_diffusion
@@ -55,12 +55,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
     O("date", str, None, "tag appended to the run folder name (e.g. 2024-05-01)"),
     O("data_root", str, None, "data folder (default data/<dataset>)"),
     O("out_dir", str, "model_weights", "parent folder of run folders"),
-    O("seed", int, 0, "random seed (an ensemble member adds its index)"),
+    O("seed", number(int, 0), 0, "random seed (an ensemble member adds its index)"),
     O("resume", str, None, "continue the run in this run folder exactly where it stopped"),
     O("init_from", str, None, "start from the weights of this checkpoint (fine-tuning: new optimiser, LR and steps)"),
     O("overwrite", flag_bool, False, "replace an existing run folder"),
     O("device", str, "auto", "auto, cpu, cuda or cuda:N"),
-    O("num_workers", int, 2, "data-loading worker processes per rank"),
+    O("num_workers", number(int, 0), 2, "data-loading worker processes per rank"),
 )
 
 
@@ -145,22 +145,29 @@ def build_network(model_type: str, model_config: dict[str, Any]) -> nn.Module:
     return recipe_for(model_type).build_network(model_config)
 
 
+def check_stored_config(path: str | Path, state: dict[str, Any]) -> None:
+    """CheckpointError when a checkpoint's model type or run options are unknown to this version of the toolkit."""
+    version = state.get("format_version")
+    if state["model_type"] not in MODEL_TYPES:
+        raise CheckpointError(f"checkpoint {path} (format version {version}) holds an unknown model type "
+                              f"{state['model_type']!r}; this version knows {', '.join(MODEL_TYPES)}")
+    stored = state.get("config", {})
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"checkpoint {path} (format version {version}): its run config is not a mapping")
+    unknown = sorted(str(k) for k in stored if k not in OPTIONS.by_name and k != "explicit")
+    if unknown:
+        raise CheckpointError(f"checkpoint {path} (format version {version}) has run options this version of the "
+                              f"toolkit does not know: {', '.join(unknown)}; it was written by another version")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
     """Rebuild the network stored in a checkpoint, in eval mode on `device` (EMA weights when present)."""
     state = read_checkpoint(path)
-    if state["model_type"] not in MODEL_TYPES:
-        raise CheckpointError(f"checkpoint {path}: unknown model type {state['model_type']!r}")
+    check_stored_config(path, state)
     recipe = recipe_for(state["model_type"])
     model_config = recipe.upgrade(state["model_config"])
-    try:
-        model = recipe.build_network(model_config)
-    except (TypeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"checkpoint {path}: its model_config does not describe a {state['model_type']} network ({err})") from None
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path}: weights do not fit the stored model_config ({err})") from None
+    model = checked_network(lambda: recipe.build_network(model_config), weights, path, state["model_type"])
     model.to(device).eval()
     return LoadedModel(model, state["model_type"], model_config, state.get("config", {}), state["step"], Path(path))
 

@@ -4,7 +4,6 @@ Multi-GPU / multi-process: `torchrun --nproc_per_node N train.py ...` (DDP; NCCL
 """
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,18 +12,25 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from common.checkpoint import read_checkpoint
+from common.checkpoint import newest_checkpoint
 from common.cli import run_main
-from common.errors import ConfigError, UserError
+from common.errors import ConfigError
+from common.files import check_replaceable, check_writable_output, remove_ours, write_text_atomic
+from common.run_folder import RunLock, check_inside, check_name_part, open_existing_run, open_new_run
 from common.runtime import init_distributed, is_main, pick_device
 from dataloader import build_dataloaders
-from model import OPTIONS, recipe_for, resolve_config, run_dir_for
+from model import OPTIONS, check_stored_config, recipe_for, resolve_config, run_dir_for
 from trainer import RESUME_MAY_CHANGE, Trainer
 
 
 def resume_config(run_dir: Path, cli: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The stored config of a run, with the few options that may change on resume taken from the CLI."""
-    state = read_checkpoint(run_dir / "last.pt")
+    """The stored config of a run's newest good checkpoint, with the few options that may change on resume taken
+    from the CLI."""
+    path, state, notes = newest_checkpoint(run_dir)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    check_stored_config(path, state)
+    print(f"resuming {run_dir} from {path.name} (step {state['step']})", file=sys.stderr)
     config = dict(state["config"])
     for name in cli["explicit"]:
         if name in RESUME_MAY_CHANGE:
@@ -38,55 +44,65 @@ def resume_config(run_dir: Path, cli: dict[str, Any]) -> tuple[dict[str, Any], d
     return config, state
 
 
-def missing_folders(path: Path) -> list[Path]:
-    """`path` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    return missing
+def check_new_run(config: dict[str, Any], run_dir: Path) -> None:
+    """Before any data is built: the run folder's name, place and output folder are fine, and a taken folder is
+    refused unless --overwrite may replace it."""
+    if config.get("date"):
+        check_name_part(str(config["date"]), "--date")
+    out_dir = Path(config["out_dir"])
+    if run_dir.is_symlink():
+        raise ConfigError(f"run folder {run_dir} is a symbolic link; the toolkit creates run folders itself")
+    check_inside(run_dir, out_dir)
+    check_writable_output(out_dir, "--out_dir")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not config["overwrite"]:
+            raise ConfigError(f"run folder {run_dir} already exists; pass --overwrite to replace it or --resume "
+                              f"{run_dir} to continue")
+        check_replaceable(run_dir, "--overwrite: run folder", inputs_of(config))
 
 
-def remove_if_empty(folders: Sequence[Path]) -> None:
-    """Remove the folders (deepest first) this run created, as long as nothing was written into them."""
-    for folder in folders:
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+def inputs_of(config: dict[str, Any]) -> list[Path]:
+    """The existing files and folders named by a run's options (which --overwrite must never delete)."""
+    return [Path(v) for k, v in config.items() if k != "out_dir" and isinstance(v, str) and v and Path(v).exists()]
 
 
-def check_run_dir(run_dir: Path, overwrite: bool) -> bool:
-    """Whether `run_dir` holds an earlier run (ConfigError unless --overwrite may replace it)."""
-    taken = run_dir.exists() and any(run_dir.iterdir())
-    if taken and not overwrite:
-        raise ConfigError(f"run folder {run_dir} already exists; pass --overwrite to replace it or --resume {run_dir} to continue")
-    return taken
-
-
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if check_run_dir(run_dir, overwrite):
-        if is_main():
-            shutil.rmtree(run_dir)
-    if dist.is_initialized():
-        dist.barrier()
-    run_dir.mkdir(parents=True, exist_ok=True)
+def has_checkpoint(run_dir: Path) -> bool:
+    return any(run_dir.glob("*.pt"))
 
 
 def run(argv: Sequence[str] | None = None) -> Path:
     """Parse, build, train; returns the run folder."""
     cli = resolve_config(argv)
     state = None
+    lock: RunLock | None = None
     if cli.get("resume"):
         run_dir = Path(cli["resume"])
-        config, state = resume_config(run_dir, cli)
+        if is_main():
+            lock = open_existing_run(run_dir)
+        try:
+            config, state = resume_config(run_dir, cli)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
     else:
         config = cli
         run_dir = run_dir_for(config)
+        check_new_run(config, run_dir)
+    try:
+        return train(config, state, run_dir, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train(config: dict[str, Any], state: dict[str, Any] | None, run_dir: Path, lock: RunLock | None) -> Path:
+    """Build the data and the model and run the trainer; a new run's folder is removed again when the run fails
+    before its first checkpoint (so a rerun is not blocked)."""
     device = pick_device(config["device"])
     if config["precision"] == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     init_distributed(device)
-    if state is None:
-        check_run_dir(run_dir, config["overwrite"])  # before the data is built, so a taken folder fails at once
 
     member = config.get("ensemble") or 0
     seed = config["seed"] + member
@@ -95,21 +111,33 @@ def run(argv: Sequence[str] | None = None) -> Path:
     data = build_dataloaders({**config, "seed": seed}, start_batch=start_batch)
     config["tile_size"] = data.tile_size
 
-    created = missing_folders(run_dir)
+    new_lock = None
     if state is None:
-        prepare_run_dir(run_dir, config["overwrite"])
-    recipe = recipe_for(config["model_type"])
-    try:
-        built = recipe.build(config, data, state, device, run_dir)
-    except UserError:
         if is_main():
-            remove_if_empty(created)
+            new_lock = open_new_run(run_dir, Path(config["out_dir"]), config["overwrite"], inputs_of(config), "train.py")
+            if new_lock.stale_owner:
+                print(f"note: {run_dir} held the lock of {new_lock.stale_owner}, which is no longer running; taken over",
+                      file=sys.stderr)
+        if dist.is_initialized():
+            dist.barrier()
+    elif lock is not None and lock.stale_owner:
+        print(f"note: {run_dir} held the lock of {lock.stale_owner}, which is no longer running; taken over",
+              file=sys.stderr)
+    try:
+        built = recipe_for(config["model_type"]).build(config, data, state, device, run_dir)
+        if is_main():
+            stored = {k: v for k, v in config.items() if k != "explicit"}
+            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(stored, sort_keys=True))
+        trainer = Trainer(config, built.model, config["model_type"], built.model_config, built.task, built.data.train,
+                          built.data.val, run_dir, device, state)
+        metrics = trainer.fit()
+    except BaseException:
+        if new_lock is not None and not has_checkpoint(run_dir):
+            remove_ours(run_dir, "run folder")
         raise
-    if is_main():
-        (run_dir / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "explicit"}, sort_keys=True))
-    trainer = Trainer(config, built.model, config["model_type"], built.model_config, built.task, built.data.train,
-                      built.data.val, run_dir, device, state)
-    metrics = trainer.fit()
+    finally:
+        if new_lock is not None:
+            new_lock.release()
     if is_main():
         summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         print(f"finished at step {trainer.step}; checkpoints in {run_dir}" + (f" (validation: {summary})" if summary else ""))

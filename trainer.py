@@ -4,9 +4,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -17,8 +21,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from common.checkpoint import save_checkpoint
-from common.errors import ConfigError, TrainingError
-from common.options import Option, flag_bool
+from common.errors import ConfigError, Stopped, TrainingError
+from common.files import atomic_path
+from common.options import Option, flag_bool, number
 from recipes.tasks import Task
 
 STEP_CHECKPOINT = "step_{:07d}.pt"
@@ -26,24 +31,24 @@ STEP_CHECKPOINT = "step_{:07d}.pt"
 O = Option
 TRAIN_OPTIONS: tuple[Option, ...] = (
     O("optimizer", str, "adamw", "optimiser", ("adam", "adamw", "sgd"), "train"),
-    O("learning_rate", float, 1e-4, "peak learning rate (with --scale_lr: per image of a step)", None, "train", ("lr",)),
+    O("learning_rate", number(float, 0, low_open=True), 1e-4, "peak learning rate (with --scale_lr: per image of a step)", None, "train", ("lr",)),
     O("scale_lr", flag_bool, False, "use --learning_rate x --batch_size x number of processes (GPUs) as the learning rate, as STEDM does", None, "train"),
-    O("weight_decay", float, 0.0, "weight decay", None, "train"),
+    O("weight_decay", number(float, 0), 0.0, "weight decay", None, "train"),
     O("lr_schedule", str, "constant", "after warm-up: constant or cosine decay to zero", ("constant", "cosine"), "train"),
-    O("warmup_steps", int, 0, "linear learning-rate warm-up steps", None, "train"),
-    O("batch_size", int, 32, "training batch size per process", None, "train"),
-    O("batch_validation", int, 64, "validation batch size", None, "train"),
-    O("max_steps", int, 10000, "optimiser steps to train for", None, "train"),
-    O("grad_accum", int, 1, "micro-batches accumulated per optimiser step (no all-reduce until the last)", None, "train"),
-    O("grad_clip", float, 1.0, "clip the gradient norm to this (0: off)", None, "train"),
-    O("ema_decay", float, None, "EMA decay of the weights (0: off; default 0.9995 for diffusion models, 0 for classifiers and autoencoders)", None, "train"),
+    O("warmup_steps", number(int, 0), 0, "linear learning-rate warm-up steps", None, "train"),
+    O("batch_size", number(int, 1), 32, "training batch size per process", None, "train"),
+    O("batch_validation", number(int, 1), 64, "validation batch size", None, "train"),
+    O("max_steps", number(int, 1), 10000, "optimiser steps to train for", None, "train"),
+    O("grad_accum", number(int, 1), 1, "micro-batches accumulated per optimiser step (no all-reduce until the last)", None, "train"),
+    O("grad_clip", number(float, 0), 1.0, "clip the gradient norm to this (0: off)", None, "train"),
+    O("ema_decay", number(float, 0, 1, high_open=True), None, "EMA decay of the weights (0: off; default 0.9995 for diffusion models, 0 for classifiers and autoencoders)", None, "train"),
     O("precision", str, "fp32", "fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA)", ("fp32", "bf16", "fp16"), "train"),
     O("loss_function", str, None, "diffusion and sdm: l1, l2 or huber (default l2); classifiers: bce; segmentation: ce_dice", ("l1", "l2", "huber", "bce", "ce_dice"), "train"),
-    O("val_every", int, 500, "validate every N steps (0: only at the end)", None, "train"),
-    O("val_batches", int, 0, "validation batches per validation (0: the whole set)", None, "train"),
-    O("save_every", int, 0, "also keep a checkpoint every N steps (0: only last and best)", None, "train"),
-    O("log_every", int, 50, "write training loss to the logs every N steps", None, "train"),
-    O("early_stopping", int, 0, "stop after N validations without improvement (0: off)", None, "train"),
+    O("val_every", number(int, 0), 500, "validate every N steps (0: only at the end)", None, "train"),
+    O("val_batches", number(int, 0), 0, "validation batches per validation (0: the whole set)", None, "train"),
+    O("save_every", number(int, 0), 0, "also keep a checkpoint every N steps (0: only last and best)", None, "train"),
+    O("log_every", number(int, 1), 50, "write training loss to the logs every N steps", None, "train"),
+    O("early_stopping", number(int, 0), 0, "stop after N validations without improvement (0: off)", None, "train"),
     O("compile", flag_bool, False, "torch.compile the network", None, "train"),
     O("channels_last", flag_bool, False, "channels-last memory format (faster convolutions on GPU)", None, "train"),
 )
@@ -51,20 +56,10 @@ RESUME_MAY_CHANGE = {"max_steps", "device", "num_workers", "resume", "early_stop
 
 
 def check_training_options(config: dict) -> None:
-    """Ranges of the optimisation options (ConfigError)."""
-    checks = [
-        ("batch_size", config["batch_size"] >= 1, "at least 1"),
-        ("batch_validation", config["batch_validation"] >= 1, "at least 1"),
-        ("max_steps", config["max_steps"] >= 1, "at least 1"),
-        ("grad_accum", config["grad_accum"] >= 1, "at least 1"),
-        ("learning_rate", config["learning_rate"] > 0, "positive"),
-        ("ema_decay", 0.0 <= config["ema_decay"] < 1.0, "in [0, 1)"),
-        ("num_workers", config["num_workers"] >= 0, "non-negative"),
-    ]
-    for name, ok, expected in checks:
-        if not ok:
-            raise ConfigError(f"--{name} must be {expected}, got {config[name]}")
-
+    """Ranges that depend on another option (ConfigError); the option table checks each option's own range."""
+    if config["warmup_steps"] > config["max_steps"]:
+        raise ConfigError(f"--warmup_steps {config['warmup_steps']} is more than --max_steps {config['max_steps']}: "
+                          "the learning rate would never reach its peak; expected --warmup_steps <= --max_steps")
 
 
 def ema_with_warmup(decay: float):
@@ -116,23 +111,72 @@ def build_optimizer(config: dict, params, device: torch.device) -> torch.optim.O
 
 
 class CsvLog:
-    """Append-only CSV log; on resume, rows past the resumed step are dropped so the log matches the weights."""
+    """Append-only CSV log; on resume, rows past the resumed step are dropped so the log matches the weights.
+
+    The file is rewritten through a temporary file and appended to without following links.
+    """
 
     def __init__(self, path: Path, fields: list[str], resume_step: int | None):
         self.path = path
         self.fields = fields
         rows: list[dict] = []
-        if resume_step is not None and path.is_file():
+        if resume_step is not None and path.is_file() and not path.is_symlink():
             with path.open(newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
-        with path.open("w", newline="") as fh:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
     def write(self, row: dict) -> None:
-        with self.path.open("a", newline="") as fh:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM raise Stopped in the main thread, except during a save: then the signal
+    waits until the checkpoint is written whole."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.saving = False
+        self.pending: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.saving:
+            self.pending = signum
+            print(f"\n{signal.Signals(signum).name}: the run stops once the checkpoint being written is complete",
+                  file=sys.stderr, flush=True)
+            return
+        raise Stopped(signum)
+
+    @contextlib.contextmanager
+    def protect(self, stop_after: bool = True):
+        """Hold signals back while the block runs; a signal that came meanwhile stops the run after it (when
+        `stop_after`)."""
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
+        if stop_after and self.pending is not None:
+            raise Stopped(self.pending)
+
+
+class NonFiniteLoss(Exception):
+    """The loss of a step was NaN or infinite (the weights are still those of the step before)."""
 
 
 class Trainer:
@@ -179,6 +223,8 @@ class Trainer:
         if config["ema_decay"] > 0:
             self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(config["ema_decay"]), use_buffers=True)
         self.step = 0
+        self.saved_step: int | None = None
+        self.signals = StopSignals()
         self.best: float | None = None
         self.bad_validations = 0
         if resume_state is not None:
@@ -243,7 +289,27 @@ class Trainer:
 
     def save(self, name: str) -> None:
         if self.is_main:
-            save_checkpoint(self.state_dict(), self.run_dir / name)
+            with self.signals.protect():
+                save_checkpoint(self.state_dict(), self.run_dir / name)
+
+    def save_progress(self) -> None:
+        """last.pt at the current step (a signal during the save waits for it)."""
+        self.save("last.pt")
+        self.saved_step = self.step
+
+    def save_on_failure(self) -> str:
+        """Save last.pt after a failure, when there is progress to keep; say what the run folder now holds."""
+        if self.saved_step == self.step and (self.run_dir / "last.pt").is_file():
+            return f"progress up to step {self.step} is in {self.run_dir / 'last.pt'}"
+        if self.step == 0 or not self.is_main:
+            return "no checkpoint was written (no step was completed)"
+        try:
+            with self.signals.protect(stop_after=False):
+                save_checkpoint(self.state_dict(), self.run_dir / "last.pt")
+        except OSError as err:
+            return f"last.pt could not be saved ({err.strerror or err})"
+        self.saved_step = self.step
+        return f"progress up to step {self.step} is saved in {self.run_dir / 'last.pt'}"
 
     # --- loop ----------------------------------------------------------------------------------------------
     def _autocast(self):
@@ -279,10 +345,7 @@ class Trainer:
             total /= dist.get_world_size()
         value = float(total)
         if not math.isfinite(value):
-            raise TrainingError(
-                f"non-finite loss ({value}) at step {self.step + 1}; stopped, the last good checkpoint in "
-                f"{self.run_dir} is kept (try a lower --learning_rate or --precision fp32)"
-            )
+            raise NonFiniteLoss(value)
         if self.config["grad_clip"] > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
@@ -326,6 +389,7 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=cfg["max_steps"], initial=self.step, desc=f"train {self.model_type}", disable=not self.is_main, dynamic_ncols=True)
         tic, images = time.perf_counter(), 0
+        self.signals.__enter__()
         try:
             while self.step < cfg["max_steps"]:
                 self.rng_at_step = self._rng_state()
@@ -360,20 +424,32 @@ class Trainer:
                         self.save("best.pt")
                     else:
                         self.bad_validations += 1
+                    self.save_progress()
                     if cfg["early_stopping"] and self.bad_validations >= cfg["early_stopping"]:
                         bar.write(f"early stopping at step {self.step}: no improvement in {self.bad_validations} validations")
-                        self.save("last.pt")
                         break
                 if cfg["save_every"] and self.step % cfg["save_every"] == 0:
                     self.save(STEP_CHECKPOINT.format(self.step))
+                    if self.saved_step != self.step:
+                        self.save_progress()
             else:
-                self.save("last.pt")
-        except KeyboardInterrupt:
-            self.save("last.pt")
-            print(f"\ninterrupted: checkpoint at step {self.step} saved to {self.run_dir / 'last.pt'}", file=sys.stderr)
+                if self.saved_step != self.step:
+                    self.save_progress()
+        except KeyboardInterrupt as err:
+            where = self.save_on_failure()
+            name = signal.Signals(err.signum).name if isinstance(err, Stopped) else "interrupted"
+            print(f"\n{name}: stopped at step {self.step}; {where}", file=sys.stderr)
+            raise
+        except NonFiniteLoss as err:
+            where = self.save_on_failure()
+            raise TrainingError(f"non-finite loss ({err}) at step {self.step + 1}; stopped, {where} (try a lower "
+                                "--learning_rate or --precision fp32)") from None
+        except Exception:
+            print(f"stopped by an error at step {self.step}; {self.save_on_failure()}", file=sys.stderr)
             raise
         finally:
             bar.close()
+            self.signals.__exit__()
             if writer is not None:
                 writer.close()
         return metrics

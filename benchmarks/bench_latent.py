@@ -4,7 +4,6 @@ python benchmarks/bench_latent.py --image_size 128 --ae_channels 64 --ae_channel
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -14,6 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import Parser  # noqa: E402
 from common.options import int_list  # noqa: E402
 from diffusion.autoencoder import AutoencoderKL, VQVAE  # noqa: E402
 from diffusion.discriminator import PatchDiscriminator, generator_adv_loss, hinge_d_loss  # noqa: E402
@@ -37,7 +37,7 @@ def timed(step, repeats: int, device: torch.device) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--autoencoder", choices=("vqvae", "autoencoder_kl"), default="vqvae")
     p.add_argument("--image_size", type=int, default=128)
     p.add_argument("--ae_channels", type=int, default=64)

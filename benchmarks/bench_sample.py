@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import Parser  # noqa: E402
 from common.options import int_list  # noqa: E402
 from diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
 from diffusion.sampling import SamplingSpec, sample  # noqa: E402
@@ -47,7 +48,7 @@ def sdm_benchmark(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("diffusion", "sdm"), default="diffusion", help="score UNet (transitions) or SDM (layout tiles)")
     p.add_argument("--ckpt", help="a diffusion checkpoint; default: a randomly initialised UNet of the given size")
     p.add_argument("--image_size", type=int, default=64)

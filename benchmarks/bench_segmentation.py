@@ -20,10 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusion.unet import count_parameters  # noqa: E402
 from recipes.segmentation import SegmentationNet, ce_dice_loss  # noqa: E402
 
+from common.cli import Parser  # noqa: E402
+
 
 def parse_args() -> argparse.Namespace:
     """The command line."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--seg_encoder", default="resnet34", help="smp encoder, e.g. resnet34 or mit_b2 (tiles a multiple of 32 px)")
     p.add_argument("--classes", type=int, default=2, help="classes incl. background")
     p.add_argument("--image_size", type=int, default=256)

@@ -23,6 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import Parser  # noqa: E402
 from common.options import flag_bool, int_list  # noqa: E402
 from diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
 from diffusion.latent import LatentDiffusion  # noqa: E402
@@ -37,7 +38,7 @@ STYLE_DROP_PROB = 0.25  # the recipe's --style_drop_prob default
 
 def parse_args() -> argparse.Namespace:
     """The command line."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--image_size", type=int, default=32, help="pixel tile size (layout and style crops)")
     p.add_argument("--latent", action="store_true", help="diffuse the latents of a random-weight VQ autoencoder")
     p.add_argument("--ae_channels", type=int, default=128)

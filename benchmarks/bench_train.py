@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import Parser  # noqa: E402
 from common.options import int_list  # noqa: E402
 from diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
 from diffusion.unet import UNet, count_parameters  # noqa: E402
@@ -34,7 +35,7 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("diffusion", "sdm"), default="diffusion", help="score UNet or SDM (SPADE, learned sigma)")
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--dim", type=int, default=64)

@@ -4,7 +4,6 @@ python benchmarks/bench_wsi.py --patches 2000 --workers 0,2 --threads 1,4
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.cli import Parser  # noqa: E402
 from common.options import int_list  # noqa: E402
 from data.annotations import Annotation, ClassMap  # noqa: E402
 from data.sliderunner import read_sliderunner  # noqa: E402
@@ -65,7 +65,7 @@ def with_threads(dataset: WSITrainPatches, threads: int, patches: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--patches", type=int, default=2000)
     p.add_argument("--tile_size", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=64)

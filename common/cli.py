@@ -1,15 +1,23 @@
 """The one `main` wrapper of every command-line program: user errors become one message and exit code 2."""
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 from typing import Any, Callable, Sequence
 
-from common.errors import UserError
+from common.errors import Stopped, UserError
 
 # Failures of the machine or the file system that the user can act on (a full disk, a read-only folder, ...).
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT,
                       errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EFBIG}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the toolkit's one-line error: `error: argument --flag: ...` and exit code 2, no usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def user_message(err: BaseException) -> str:
@@ -27,6 +35,8 @@ def run_main(run: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
     Ctrl-C (or SIGTERM, where the program turns it into KeyboardInterrupt) 130, success 0."""
     try:
         run(argv)
+    except SystemExit as err:  # argparse: --help (0) or a bad flag, already explained (2)
+        return err.code if isinstance(err.code, int) else 2
     except UserError as err:
         print(f"error: {user_message(err)}", file=sys.stderr)
         return 2
@@ -35,6 +45,8 @@ def run_main(run: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Stopped as err:
+        return 128 + err.signum
     except KeyboardInterrupt:
         return 130
     finally:

@@ -20,3 +20,11 @@ class CheckpointError(UserError, ValueError):
 
 class TrainingError(UserError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss)."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: the program saves what it must and ends with exit code 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -80,19 +80,24 @@ def save_figure_atomic(figure: Any, path: str | Path, **kwargs: Any) -> None:
         figure.savefig(tmp, **kwargs)
 
 
-def staged_folder(out: str | Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary folder beside `out` with write(folder), then move it into place (replacing `out`).
+def staged_folder(out: str | Path, write: Callable[[Path], None], what: str = "this toolkit") -> None:
+    """Fill a temporary folder beside `out` with write(folder), mark it as the toolkit's, then move it into place.
 
-    An existing `out` is first renamed aside and deleted only once the new folder is in place, so a failure
-    at any point leaves either the old folder or the new one at `out`, never neither.
+    An existing `out` is replaced only when it is empty or holds the toolkit's marker. It is first renamed aside
+    and deleted only once the new folder is in place, so a failure at any point leaves either the old folder or
+    the new one at `out`, never neither.
     """
     out = Path(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise DataError(f"{out}: expected a folder to replace, found a file or link; it is left as it is")
+    if out.is_dir() and any(out.iterdir()) and not is_ours(out):
+        raise ConfigError(f"{out} exists and was not written by this toolkit (no {MARKER} file in it); it is left as "
+                          "it is: choose another output folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         write(staging)
+        mark_as_ours(staging, what)
         os.chmod(staging, 0o777 & ~_umask())
         if not out.exists():
             os.replace(staging, out)

@@ -12,21 +12,45 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
+from common.cli import Parser
 from common.errors import ConfigError
 
 
 class NumberError(argparse.ArgumentTypeError, ValueError):
-    """A number outside its option's range (argparse prints it after the flag's name; the option table too)."""
+    """A number outside its option's range (argparse prints it after the flag's name; the option table too).
+
+    `got` says what was refused, for the option table's message."""
+
+    def __init__(self, message: str, got: str):
+        super().__init__(message)
+        self.got = got
 
 
-def _describe(kind: type, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
-    what = "an integer" if kind is int else "a finite number"
+def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    """'>= 1', '> 0 and <= 1' or '' (no bounds)."""
     bounds = []
     if low is not None:
         bounds.append(f"{'>' if low_open else '>='} {low:g}")
     if high is not None:
         bounds.append(f"{'<' if high_open else '<='} {high:g}")
-    return what + (" " + " and ".join(bounds) if bounds else "")
+    return " and ".join(bounds)
+
+
+def _describe(kind: type, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    what = "an integer" if kind is int else "a finite number"
+    bounds = _bounds(low, high, low_open, high_open)
+    return what + (" " + bounds if bounds else "")
+
+
+def _range_words(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    """'in [0, 1)', 'at least 1', 'greater than 0', 'at most 5' or '' (no bounds), for 'must be ...'."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'greater than' if low_open else 'at least'} {low:g}"
+    if high is not None:
+        return f"{'less than' if high_open else 'at most'} {high:g}"
+    return ""
 
 
 def _parse_number(kind: type, value: Any) -> float | int:
@@ -48,6 +72,7 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
     """A converter (argparse `type=` and Option.kind) to a finite `kind` in [low, high]; NumberError says the range.
 
     low_open / high_open exclude the bound: number(float, 0, low_open=True) is "a finite number > 0".
+    The converter's `must` ("in [0, 1]") and `kind_name` ("int" or "finite float") word the option table's message.
     """
     expected = _describe(kind, low, high, low_open, high_open)
 
@@ -55,38 +80,60 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
         try:
             out = _parse_number(kind, value)
         except (TypeError, ValueError, OverflowError):
-            raise NumberError(f"expected {expected}, got {value!r}") from None
+            raise NumberError(f"expected {expected}, got {value!r}", repr(value)) from None
         if (low is not None and (out < low or (low_open and out == low))) or (
                 high is not None and (out > high or (high_open and out == high))):
-            raise NumberError(f"expected {expected}, got {value!r}")
+            raise NumberError(f"expected {expected}, got {value!r}", repr(value))
         return out
 
     convert.__name__ = expected
+    convert.must = _range_words(low, high, low_open, high_open)  # type: ignore[attr-defined]
+    convert.kind_name = "int" if kind is int else "finite float"  # type: ignore[attr-defined]
     return convert
 
 
+def _count_words(min_items: int, max_items: int | None) -> str:
+    """'exactly 2 values', 'at least 1 value', '2 to 4 values' or 'values'."""
+    if max_items is not None and max_items == min_items:
+        count, last = f"exactly {min_items}", min_items
+    elif max_items is not None:
+        count, last = f"{min_items} to {max_items}", max_items
+    elif min_items:
+        count, last = f"at least {min_items}", min_items
+    else:
+        return "values"
+    return f"{count} value{'' if last == 1 else 's'}"
+
+
 def number_list(kind: type = float, low: float | None = None, high: float | None = None, *, low_open: bool = False,
-                high_open: bool = False, min_items: int = 0) -> Callable[[Any], list]:
-    """A converter of "a,b,c" (or a YAML list) to a list of numbers, each checked as number() checks it."""
+                high_open: bool = False, min_items: int = 0, max_items: int | None = None) -> Callable[[Any], list]:
+    """A converter of "a,b,c" (or a YAML list) to a list of numbers, each checked as number() checks it, and
+    between min_items and max_items of them; with min_items 0, '' and 'none' are the empty list."""
     item = number(kind, low, high, low_open=low_open, high_open=high_open)
-    expected = f"comma-separated values, each {item.__name__}" + (f", at least {min_items}" if min_items else "")
+    count = _count_words(min_items, max_items)
+    expected = f"comma-separated values, each {item.__name__}" + ("" if count == "values" else f", {count}")
 
     def convert(value: Any) -> list:
         if isinstance(value, (list, tuple)):
             items = list(value)
         elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            items = [t for t in str(value).split(",") if t.strip()]
+            text = str(value).strip()
+            items = [] if min_items == 0 and text.lower() == "none" else [t for t in text.split(",") if t.strip()]
         else:
-            raise NumberError(f"expected {expected}, got {value!r}")
+            raise NumberError(f"expected {expected}, got {value!r}", repr(value))
         try:
             out = [item(v) for v in items]
-        except NumberError:
-            raise NumberError(f"expected {expected}, got {value!r}") from None
-        if len(out) < min_items:
-            raise NumberError(f"expected {expected}, got {value!r}")
+        except NumberError as err:
+            raise NumberError(f"expected {expected}, got {value!r}", f"{err.got} in {value!r}") from None
+        if len(out) < min_items or (max_items is not None and len(out) > max_items):
+            raise NumberError(f"expected {expected}, got {value!r}", f"{len(out)} number{'' if len(out) == 1 else 's'}: {value!r}")
         return out
 
     convert.__name__ = expected
+    convert.must = comma = count if count != "values" else "comma-separated values"  # type: ignore[attr-defined]
+    if item.must:
+        convert.must = f"{comma}, each {item.must}"  # type: ignore[attr-defined]
+    convert.kind_name = f"a list of {item.kind_name}"  # type: ignore[attr-defined]
     return convert
 
 
@@ -161,7 +208,7 @@ class OptionTable:
         return out
 
     def build_parser(self, description: str, group_titles: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-        parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+        parser = Parser(description=description, argument_default=argparse.SUPPRESS)
         parser.add_argument("--config", help="YAML file of options (keys are flag names); flags override it")
         for name, options in self.groups().items():
             group = parser.add_argument_group((group_titles or {}).get(name, name))
@@ -180,21 +227,38 @@ class OptionTable:
         if opt is None:
             raise ConfigError(f"{source}: unknown option {name!r}")
         if value is None:
-            return None
+            if opt.default is None:
+                return None
+            raise ConfigError(self._refusal(opt, source, f"no value (leave {opt.name} out for the default {opt.default})"))
         try:
             out = opt.kind(value)
+        except NumberError as err:
+            raise ConfigError(self._refusal(opt, source, err.got)) from None
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{source}: option {opt.name} expects {opt.kind.__name__}, got {value!r} ({err})") from None
         if opt.choices is not None and out not in opt.choices:
             raise ConfigError(f"{source}: option {opt.name} must be one of {list(opt.choices)}, got {out!r}")
         return out
 
+    @staticmethod
+    def _refusal(opt: Option, source: str, got: str) -> str:
+        """'--dim must be at least 1 (option dim expects int), got '0'', or with `source` a --config file:
+        '--config p.yaml: dim must be ...'."""
+        where = source if source == f"--{opt.name}" else f"{source}: {opt.name}"
+        must = getattr(opt.kind, "must", "")
+        kind = getattr(opt.kind, "kind_name", opt.kind.__name__)
+        if not must:
+            return f"{where}: option {opt.name} expects {kind}, got {got}"
+        return f"{where} must be {must} (option {opt.name} expects {kind}), got {got}"
+
     def load_yaml(self, path: str | Path) -> dict[str, Any]:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"--config: file {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config {path}: not a text file (expected UTF-8 YAML)") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"--config {path}: not valid YAML ({err})") from None
         if not isinstance(raw, dict):

@@ -11,6 +11,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from common.checkpoint import load_failure
+
 BACKBONE_FLAG = "--perceptual_weights"
 LINEAR_FLAG = "--lpips_weights"
 # Input scaling of the LPIPS networks: (x - shift) / scale on images in [-1, 1].
@@ -47,7 +49,7 @@ def _read_state_dict(path: str | Path | None, flag: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path} is not a readable torch state dict ({flag}): {error}") from error
+        raise ValueError(f"{path} is not a readable torch state dict ({flag}): {load_failure(error)}") from None
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{path} must hold a state dict (a mapping of names to tensors) ({flag})")
     return dict(state)

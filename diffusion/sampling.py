@@ -87,6 +87,13 @@ class SamplingSpec:
         if self.guided_conditions is not None:
             object.__setattr__(self, "guided_conditions", tuple(str(n) for n in self.guided_conditions))
 
+    def check_fits(self, num_timesteps: int) -> None:
+        """ValueError unless the steps fit a process of `num_timesteps` timesteps."""
+        if self.sampler == "ddpm":
+            space_timesteps(num_timesteps, self.steps)
+        elif self.steps > num_timesteps:
+            raise ValueError(f"ddim cannot take {self.steps} steps out of {num_timesteps}; expected 1..{num_timesteps}")
+
     @classmethod
     def parse_respacing(cls, text: str, **fields: Any) -> "SamplingSpec":
         """'ddim50' -> DDIM with 50 steps; '250' or '10,15,20' -> ancestral DDPM over respaced timesteps.

@@ -9,7 +9,7 @@ from torch import nn
 
 from common.errors import ConfigError
 from common.files import staged_folder
-from common.options import Option, flag_bool, int_list
+from common.options import Option, flag_bool, number, number_list
 from data.families import TILE_DATASETS
 from diffusion.autoencoder import PADDING_MODES, VQVAE, AutoencoderKL
 from diffusion.discriminator import PatchDiscriminator
@@ -21,25 +21,25 @@ from recipes.tasks import AutoencoderTask, Task
 
 O = Option
 AUTOENCODER_OPTIONS: tuple[Option, ...] = (
-    O("ae_channels", int, 64, "autoencoder base channels", None, "autoencoder"),
-    O("ae_channel_mult", int_list, [1, 2, 4], "autoencoder channel multipliers; downsampling factor 2**(levels-1)", None, "autoencoder"),
-    O("ae_res_blocks", int, 1, "autoencoder residual blocks per level", None, "autoencoder"),
-    O("latent_channels", int, 4, "channels of the latent", None, "autoencoder"),
+    O("ae_channels", number(int, 1), 64, "autoencoder base channels", None, "autoencoder"),
+    O("ae_channel_mult", number_list(int, 1, min_items=1), [1, 2, 4], "autoencoder channel multipliers; downsampling factor 2**(levels-1)", None, "autoencoder"),
+    O("ae_res_blocks", number(int, 1), 1, "autoencoder residual blocks per level", None, "autoencoder"),
+    O("latent_channels", number(int, 1), 4, "channels of the latent", None, "autoencoder"),
     O("ae_padding", str, "zeros", "how the autoencoder's convolutions extend the tile border: zeros (as CompVis), reflect (the tile mirrored) or replicate (its edge repeated)", PADDING_MODES, "autoencoder"),
     O("perceptual_weights", str, None, "local torchvision VGG16 state dict for the LPIPS perceptual loss (none: no perceptual loss)", None, "autoencoder"),
     O("lpips_weights", str, None, "optional LPIPS linear calibration weights (lin layers) for --perceptual_weights", None, "autoencoder"),
-    O("perceptual_weight", float, 1.0, "weight of the perceptual loss", None, "autoencoder"),
-    O("disc_start", int, 5000, "step at which the PatchGAN adversarial loss starts (a value past --max_steps: no GAN)", None, "autoencoder"),
-    O("disc_weight", float, 0.5, "weight of the adaptive adversarial loss", None, "autoencoder"),
-    O("disc_learning_rate", float, None, "discriminator learning rate (default: --learning_rate)", None, "autoencoder"),
-    O("disc_channels", int, 64, "PatchGAN base channels", None, "autoencoder"),
-    O("disc_layers", int, 3, "PatchGAN strided layers", None, "autoencoder"),
-    O("codebook_size", int, 512, "VQ codebook entries", None, "vq"),
-    O("commitment_weight", float, 0.25, "VQ commitment loss weight", None, "vq"),
+    O("perceptual_weight", number(float, 0), 1.0, "weight of the perceptual loss", None, "autoencoder"),
+    O("disc_start", number(int, 0), 5000, "step at which the PatchGAN adversarial loss starts (a value past --max_steps: no GAN)", None, "autoencoder"),
+    O("disc_weight", number(float, 0), 0.5, "weight of the adaptive adversarial loss", None, "autoencoder"),
+    O("disc_learning_rate", number(float, 0, low_open=True), None, "discriminator learning rate (default: --learning_rate)", None, "autoencoder"),
+    O("disc_channels", number(int, 1), 64, "PatchGAN base channels", None, "autoencoder"),
+    O("disc_layers", number(int, 1), 3, "PatchGAN strided layers", None, "autoencoder"),
+    O("codebook_size", number(int, 1), 512, "VQ codebook entries", None, "vq"),
+    O("commitment_weight", number(float, 0), 0.25, "VQ commitment loss weight", None, "vq"),
     O("codebook_ema", flag_bool, True, "update the codebook by exponential moving averages (else by gradients)", None, "vq"),
-    O("codebook_decay", float, 0.99, "EMA decay of the codebook", None, "vq"),
-    O("dead_code_threshold", float, 1.0, "codes whose EMA usage falls below this are restarted from encoder outputs", None, "vq"),
-    O("kl_weight", float, 1e-6, "weight of the KL term", None, "kl"),
+    O("codebook_decay", number(float, 0, 1, high_open=True), 0.99, "EMA decay of the codebook", None, "vq"),
+    O("dead_code_threshold", number(float, 0), 1.0, "codes whose EMA usage falls below this are restarted from encoder outputs", None, "vq"),
+    O("kl_weight", number(float, 0), 1e-6, "weight of the KL term", None, "kl"),
 )
 VARIANTS = {"vqvae": ("vq", VQVAE), "autoencoder_kl": ("kl", AutoencoderKL)}
 

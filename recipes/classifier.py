@@ -11,7 +11,7 @@ from torchvision import models
 
 from common.checkpoint import load_local_weights
 from common.errors import ConfigError
-from common.options import Option, float_list
+from common.options import Option, number, number_list
 from data.families import WSI_DATASETS
 from recipes.base import Recipe
 from recipes.tasks import ClassifierTask, Task
@@ -82,19 +82,18 @@ class Ensemble(nn.Module):
 
 
 CLASSIFIER_OPTIONS = (
-    Option("ensemble", int, None, "train ensemble member N (own seed, folder resnet/Ensemble_N)", None, "classifier"),
+    Option("ensemble", number(int, 0), None, "train ensemble member N (own seed, folder resnet/Ensemble_N)", None, "classifier"),
     Option("pretrained_weights", str, None, "local torchvision ResNet state dict to start from", None, "classifier"),
-    Option("classifier_upsample", int, 1, "bilinear upsampling factor of the input before the ResNet, part of the model (stored in the checkpoint, applied at scoring too; 4 as the transition work did)", None, "classifier"),
-    Option("color_jitter_p", float, 0.0, "probability of torchvision colour jitter on a training patch, before the pixel scaling (0: off; 0.5 as the transition work did)", None, "classifier"),
-    Option("color_jitter", float_list, list(ORIGINAL_COLOR_JITTER), "jitter ranges: brightness, contrast, saturation factors (low,high each) and hue shift (low,high); default the transition work's", None, "classifier"),
+    Option("classifier_upsample", number(int, 1), 1, "bilinear upsampling factor of the input before the ResNet, part of the model (stored in the checkpoint, applied at scoring too; 4 as the transition work did)", None, "classifier"),
+    Option("color_jitter_p", number(float, 0, 1), 0.0, "probability of torchvision colour jitter on a training patch, before the pixel scaling (0: off; 0.5 as the transition work did)", None, "classifier"),
+    Option("color_jitter", number_list(float, min_items=8, max_items=8), list(ORIGINAL_COLOR_JITTER), "jitter ranges: brightness, contrast, saturation factors (low,high each) and hue shift (low,high); default the transition work's", None, "classifier"),
 )
 
 
 def check_color_jitter(ranges: list[float]) -> None:
-    """ConfigError unless `ranges` are 8 numbers: three factor ranges (0 <= low <= high) and a hue range in [-0.5, 0.5]."""
+    """ConfigError unless the 8 numbers (the option table's count) are three factor ranges (0 <= low <= high) and a
+    hue range in [-0.5, 0.5]."""
     expected = "8 numbers b_low,b_high,c_low,c_high,s_low,s_high,h_low,h_high (factors >= 0, hue in [-0.5, 0.5], low <= high)"
-    if len(ranges) != 8:
-        raise ConfigError(f"--color_jitter: expected {expected}, got {len(ranges)} numbers")
     pairs = list(zip(ranges[0::2], ranges[1::2]))
     factors_ok = all(0.0 <= low <= high for low, high in pairs[:3])
     hue_low, hue_high = pairs[3]
@@ -119,12 +118,6 @@ class Classifier(Recipe):
 
     def finalise(self, config: dict[str, Any]) -> None:
         super().finalise(config)
-        if config["ensemble"] is not None and config["ensemble"] < 0:
-            raise ConfigError(f"--ensemble must be a non-negative member index, got {config['ensemble']}")
-        if config["classifier_upsample"] < 1:
-            raise ConfigError(f"--classifier_upsample must be a factor of at least 1, got {config['classifier_upsample']}")
-        if not 0.0 <= config["color_jitter_p"] <= 1.0:
-            raise ConfigError(f"--color_jitter_p must be in [0, 1], got {config['color_jitter_p']}")
         check_color_jitter(config["color_jitter"])
         if "color_jitter" in config.get("explicit", ()) and config["color_jitter_p"] == 0:
             raise ConfigError("--color_jitter sets the jitter ranges, but --color_jitter_p is 0 (no jitter): give --color_jitter_p too")

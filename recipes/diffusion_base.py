@@ -6,10 +6,11 @@ from typing import Any
 from torch import nn
 
 from common.errors import ConfigError
-from common.options import Option, flag_bool, float_list, int_list, str_list
+from common.options import Option, flag_bool, number, number_list, str_list
 from data.families import CONDITION_DATASETS
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.schedules import LDM_BETA_RANGE, SCHEDULES
+from diffusion.network_inputs import level_resolutions
 from diffusion.unet import UNet, upgrade_unet_config
 from recipes.base import Recipe
 from recipes.tasks import DiffusionTask, Task
@@ -17,19 +18,19 @@ from recipes.tasks import DiffusionTask, Task
 O = Option
 DIFFUSION_LOSSES = ("l2", "l1", "huber")
 DIFFUSION_OPTIONS: tuple[Option, ...] = (
-    O("timesteps", int, 1000, "diffusion steps T", None, "diffusion", ("diffusion_steps",)),
+    O("timesteps", number(int, 1), 1000, "diffusion steps T", None, "diffusion", ("diffusion_steps",)),
     O("schedule", str, "cosine", "noise schedule (scaled_linear: linear in sqrt(beta), latent diffusion's \"linear\")", SCHEDULES, "diffusion", ("noise_schedule",)),
-    O("beta_range", float_list, None, "scaled_linear: first and last beta (default 0.0015,0.0205 as in latent diffusion)", None, "diffusion"),
+    O("beta_range", number_list(float, 0, 1, low_open=True, high_open=True, min_items=2, max_items=2), None, "scaled_linear: first and last beta (default 0.0015,0.0205 as in latent diffusion)", None, "diffusion"),
     O("objective", str, "eps", "what the network predicts", ("eps", "x0", "v"), "diffusion"),
     O("learn_sigma", flag_bool, None, "learn the variance with the hybrid loss (default: on for sdm, off otherwise)", None, "diffusion"),
-    O("vlb_weight", float, 0.001, "weight lambda of the variational-bound term of the hybrid loss", None, "diffusion"),
-    O("cond_drop_prob", float, None, "probability of dropping the condition in training, for guidance (default 0.1; sdm 0.2)", None, "diffusion", ("drop_rate",)),
-    O("dim", int, 64, "UNet base channels", None, "diffusion", ("num_channels",)),
-    O("dim_mults", int_list, [1, 2, 4], "channel multipliers per resolution level", None, "diffusion", ("channel_mult",)),
-    O("num_res_blocks", int, 2, "residual blocks per level", None, "diffusion"),
-    O("attention_resolutions", int_list, [16], "feature-map sizes with self-attention", None, "diffusion"),
-    O("num_head_channels", int, 32, "channels per attention head", None, "diffusion"),
-    O("dropout", float, 0.0, "dropout in residual blocks", None, "diffusion"),
+    O("vlb_weight", number(float, 0), 0.001, "weight lambda of the variational-bound term of the hybrid loss", None, "diffusion"),
+    O("cond_drop_prob", number(float, 0, 1), None, "probability of dropping the condition in training, for guidance (default 0.1; sdm 0.2)", None, "diffusion", ("drop_rate",)),
+    O("dim", number(int, 1), 64, "UNet base channels", None, "diffusion", ("num_channels",)),
+    O("dim_mults", number_list(int, 1, min_items=1), [1, 2, 4], "channel multipliers per resolution level", None, "diffusion", ("channel_mult",)),
+    O("num_res_blocks", number(int, 1), 2, "residual blocks per level", None, "diffusion"),
+    O("attention_resolutions", number_list(int, 1), [16], "feature-map sizes with self-attention", None, "diffusion"),
+    O("num_head_channels", number(int, 1), 32, "channels per attention head", None, "diffusion"),
+    O("dropout", number(float, 0, 1, high_open=True), 0.0, "dropout in residual blocks", None, "diffusion"),
     O("mid_attention", flag_bool, True, "self-attention in the UNet's middle block", None, "diffusion"),
     O("resblock_updown", flag_bool, None, "down/up sampling inside residual blocks (default: on for sdm, off otherwise)", None, "diffusion"),
     O("use_scale_shift_norm", flag_bool, True, "time embedding as scale and shift of the normalised activations", None, "diffusion"),
@@ -53,8 +54,26 @@ def diffusion_settings(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_unet_shape(config: dict[str, Any], image_size: int) -> None:
+    """ConfigError naming the options when --dim_mults, --attention_resolutions and --num_head_channels do not fit
+    each other, --dim or the image_size x image_size grid the UNet runs on."""
+    mults, heads = list(config["dim_mults"]), config["num_head_channels"]
+    try:
+        _, resolutions, attention = level_resolutions(image_size, mults, config["attention_resolutions"],
+                                                      ("--dim_mults", "--attention_resolutions"))
+    except ValueError as err:
+        raise ConfigError(f"--dim_mults {mults} / --attention_resolutions {config['attention_resolutions']} do not fit "
+                          f"the {image_size} px grid: {err}") from None
+    levels = [m for m, r in zip(mults, resolutions) if r in attention] + ([mults[-1]] if config["mid_attention"] else [])
+    undivided = sorted({config["dim"] * m for m in levels if config["dim"] * m % heads})
+    if undivided:
+        raise ConfigError(f"--num_head_channels {heads} must divide the channels (--dim {config['dim']} x --dim_mults) "
+                          f"of every attention layer; it does not divide {undivided}")
+
+
 def unet_config(config: dict[str, Any], image_size: int, channels: int, conditions: list[str], **extra: Any) -> dict[str, Any]:
     """Keyword arguments of the UNet on a grid of image_size x image_size x channels (pixels or latents)."""
+    check_unet_shape(config, image_size)
     return {
         "image_size": image_size,
         "in_channels": channels,
@@ -96,14 +115,10 @@ class DiffusionRecipe(Recipe):
         if config["beta_range"] is not None:
             if config["schedule"] != "scaled_linear":
                 raise ConfigError(f"--beta_range is for --schedule scaled_linear, not {config['schedule']}")
-            if len(config["beta_range"]) != 2 or not 0 < config["beta_range"][0] <= config["beta_range"][1] < 1:
+            if config["beta_range"][0] > config["beta_range"][1]:
                 raise ConfigError(f"--beta_range: expected two betas 0 < first <= last < 1, got {config['beta_range']}")
         if config["schedule"] == "linear" and config["timesteps"] <= 20:
             raise ConfigError(f"--schedule linear needs --timesteps above 20 (its last beta is 20 / T), got {config['timesteps']}")
-        if not 0.0 <= config["cond_drop_prob"] <= 1.0:
-            raise ConfigError(f"--cond_drop_prob must be in [0, 1], got {config['cond_drop_prob']}")
-        if config["vlb_weight"] < 0.0:
-            raise ConfigError(f"--vlb_weight must be non-negative, got {config['vlb_weight']}")
 
     def upgrade(self, model_config: dict[str, Any]) -> dict[str, Any]:
         return {**model_config, "unet": upgrade_unet_config(model_config["unet"])}

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.checkpoint import read_checkpoint
-from common.errors import CheckpointError, ConfigError
-from common.options import Option, flag_bool
+from common.checkpoint import checked_network, load_failure, read_checkpoint
+from common.errors import CheckpointError, ConfigError, DataError
+from common.files import atomic_path
+from common.options import Option, flag_bool, number
 from data.families import TILE_DATASETS
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.latent import LatentDiffusion, measure_scale_factor
@@ -25,7 +26,7 @@ from recipes.tasks import DiffusionTask
 O = Option
 AUTOENCODER_OPTIONS: tuple[Option, ...] = (
     O("autoencoder_ckpt", str, None, "checkpoint of a trained vqvae or autoencoder_kl: required for ldm; stedm diffuses its latents when given", None, "latent space"),
-    O("scale_batches", int, 20, "batches used to measure the latent scale factor (1 / std)", None, "latent space"),
+    O("scale_batches", number(int, 1), 20, "batches used to measure the latent scale factor (1 / std)", None, "latent space"),
 )
 LDM_OPTIONS: tuple[Option, ...] = AUTOENCODER_OPTIONS + (
     O("cache_latents", flag_bool, False, "encode the training tiles once and train on the cached latents (no augmentation)", None, "ldm"),
@@ -64,13 +65,17 @@ def encode_all(dataset: Dataset, model: LatentDiffusion, device: torch.device, b
 def cache_latents(data: Any, model: LatentDiffusion, device: torch.device, path: Path, batch_size: int) -> Any:
     """Encode the training and validation tiles once (unaugmented) into `path` and serve the latents from it."""
     if path.is_file():
-        cache = torch.load(path, weights_only=True)
+        try:
+            cache = torch.load(path, weights_only=True)
+        except Exception as err:  # torch raises several types for corrupt files
+            raise DataError(f"latent cache {path} cannot be read ({load_failure(err)}); delete it to encode the tiles again") from None
     else:
         train, train_labels = encode_all(data.train_items.without_augmentation(), model, device, batch_size)
         cache = {"train": train, "train_labels": train_labels}
         if data.val_set is not None:
             cache["val"], cache["val_labels"] = encode_all(data.val_set, model, device, batch_size)
-        torch.save(cache, path)
+        with atomic_path(path) as tmp:
+            torch.save(cache, tmp)
         print(f"cached {len(train)} training latents in {path}", file=sys.stderr)
     val = CachedLatents(cache["val"], cache["val_labels"]) if "val" in cache else None
     return data.with_datasets(CachedLatents(cache["train"], cache["train_labels"]), val, in_memory=True)
@@ -81,8 +86,9 @@ def load_autoencoder(path: str, device: torch.device) -> tuple[nn.Module, dict[s
     state = read_checkpoint(path)
     if state["model_type"] not in VARIANTS:
         raise CheckpointError(f"--autoencoder_ckpt {path} holds a {state['model_type']} model, not a vqvae or autoencoder_kl")
-    network = Autoencoder(state["model_type"]).build_network(state["model_config"])
-    network.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    network = checked_network(lambda: Autoencoder(state["model_type"]).build_network(state["model_config"]), weights,
+                              path, state["model_type"])
     return network.to(device).eval(), state
 
 
@@ -121,8 +127,6 @@ class LatentDiffusionRecipe(DiffusionRecipe):
             raise ConfigError("--model_type ldm needs --autoencoder_ckpt (a trained vqvae or autoencoder_kl)")
         if "label" in config["conditions"] and not config["cluster_file"]:
             raise ConfigError("--conditions label needs --cluster_file (the tiles' cluster ids)")
-        if config["scale_batches"] < 1:
-            raise ConfigError(f"--scale_batches must be at least 1, got {config['scale_batches']}")
 
     def build_network(self, model_config: dict[str, Any]) -> nn.Module:
         return latent_network(UNet(**upgrade_unet_config(model_config["unet"])), model_config)

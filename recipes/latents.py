@@ -19,6 +19,7 @@ from diffusion.sampling import SamplingSpec, sample
 from common.errors import ConfigError
 from common.figures import labelled_grid, to_uint8
 from common.files import staged_folder
+from common.options import number
 from recipes.base import InferenceFlag, RenderContext
 from recipes.render import make_recorder, one_guidance_scale, sampling_choice, save_trajectory, single_checkpoint
 from recipes.tasks import psnr, ssim_batch
@@ -171,8 +172,8 @@ def export_features(autoencoder: torch.nn.Module, tiles: Dataset, batch_size: in
 
 
 TILE_FLAGS = (
-    InferenceFlag(("--cluster_ids", "--class_ids"), dict(dest="cluster_ids", type=int, nargs="+", help="clusters / classes to generate (default: all the model knows)")),
-    InferenceFlag(("--num_per_cluster", "--num_per_class"), dict(dest="num_per_cluster", type=int, help="tiles per cluster or class, or in all for an unconditional model (default 8)")),
+    InferenceFlag(("--cluster_ids", "--class_ids"), dict(dest="cluster_ids", type=number(int, 0), nargs="+", help="clusters / classes to generate (default: all the model knows)")),
+    InferenceFlag(("--num_per_cluster", "--num_per_class"), dict(dest="num_per_cluster", type=number(int, 1), help="tiles per cluster or class, or in all for an unconditional model (default 8)")),
 )
 PAIRED_FLAG = InferenceFlag(("--paired",), dict(action="store_true", help="one tile per training tile, from its cluster, under its file name (generated/ and real/)"))
 
@@ -181,7 +182,7 @@ def render_tiles(ctx: RenderContext, label_name: str, pixel_space: bool) -> None
     """Tiles per class or cluster id (latent diffusion, or a label-conditioned / unconditional pixel model)."""
     single_checkpoint(ctx)
     args, loaded, device = ctx.args, ctx.first, ctx.device
-    spec = sampling_choice(args, cfg_scale=one_guidance_scale(args, "tiles per cluster or class"))
+    spec = sampling_choice(args, cfg_scale=one_guidance_scale(args, "tiles per cluster or class"), checkpoints=ctx.checkpoints)
     unet = loaded.model_config["unet"]
     num_labels = unet.get("num_labels", 0)
     conditioned = "label" in unet["conditions"]
@@ -201,8 +202,6 @@ def render_tiles(ctx: RenderContext, label_name: str, pixel_space: bool) -> None
     if bad:
         raise ConfigError(f"--cluster_ids {bad}: the model knows clusters 0..{num_labels - 1}")
     per_cluster = args.num_per_cluster if args.num_per_cluster is not None else 8
-    if per_cluster < 1:
-        raise ConfigError(f"--num_per_cluster must be at least 1, got {per_cluster}")
     recorder = make_recorder(args, pixel_space)
 
     def write(folder: Path) -> None:

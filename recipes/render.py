@@ -2,34 +2,51 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
+from typing import Sequence
 
 from common.errors import ConfigError
 from diffusion.sampling import SamplingSpec
-from recipes.base import RenderContext
+from recipes.base import LoadedModel, RenderContext
 from recipes.trajectory import TrajectoryRecorder
 
 
-def sampling_choice(args: argparse.Namespace, cfg_scale: float = 1.0, strength: float = 1.0) -> SamplingSpec:
+DEFAULT_STEPS = 50
+
+
+def sampling_choice(args: argparse.Namespace, cfg_scale: float = 1.0, strength: float = 1.0,
+                    checkpoints: Sequence[LoadedModel] = ()) -> SamplingSpec:
     """--timestep_respacing, or --sampler/--steps, with --eta, as one SamplingSpec at this guidance scale
-    (and SDEdit strength, for starts from real images)."""
+    (and SDEdit strength, for starts from real images), checked against the timesteps of `checkpoints`
+    (the default --steps is at most their T)."""
     if args.timestep_respacing and (args.sampler or args.steps):
         raise ConfigError("--timestep_respacing replaces --sampler/--steps: give one or the other")
-    if not 0 <= args.eta < math.inf:
-        raise ConfigError(f"--eta must be a finite number >= 0, got {args.eta}")
-    if not math.isfinite(cfg_scale):
-        raise ConfigError(f"--cfg_scale must be a finite number, got {cfg_scale}")
     fields = dict(eta=args.eta, cfg_scale=cfg_scale, strength=strength)
     if args.timestep_respacing:
         try:
-            return SamplingSpec.parse_respacing(args.timestep_respacing, **fields)
+            spec = SamplingSpec.parse_respacing(args.timestep_respacing, **fields)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    sampler, steps = args.sampler or "ddim", args.steps if args.steps is not None else 50
-    if steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}")
-    return SamplingSpec(sampler, steps, **fields)
+    else:
+        default = min([DEFAULT_STEPS] + [loaded.diffusion.num_timesteps for loaded in checkpoints])
+        steps = args.steps if args.steps is not None else default
+        if steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {steps}")
+        spec = SamplingSpec(args.sampler or "ddim", steps, **fields)
+    check_steps_fit(args, spec, checkpoints)
+    return spec
+
+
+def check_steps_fit(args: argparse.Namespace, spec: SamplingSpec, checkpoints: Sequence[LoadedModel]) -> None:
+    """ConfigError naming the flag and the checkpoint when the sampling steps exceed its --timesteps."""
+    flag, value = ("--timestep_respacing", args.timestep_respacing) if args.timestep_respacing else ("--steps", spec.steps)
+    for loaded in checkpoints:
+        timesteps = loaded.diffusion.num_timesteps
+        try:
+            spec.check_fits(timesteps)
+        except ValueError as err:
+            raise ConfigError(f"{flag} {value}: --ckpt {loaded.path} was trained with --timesteps {timesteps}, "
+                              f"expected at most {timesteps} steps ({err})") from None
 
 
 def one_guidance_scale(args: argparse.Namespace, what: str) -> float:
@@ -51,8 +68,6 @@ def make_recorder(args: argparse.Namespace, pixel_space: bool = True) -> Traject
         return None
     if not pixel_space:
         raise ConfigError("--save_trajectory shows pixels: it is for pixel-space models (diffusion, sdm), not ldm latents")
-    if args.trajectory_every < 1:
-        raise ConfigError(f"--trajectory_every must be at least 1, got {args.trajectory_every}")
     return TrajectoryRecorder(every=args.trajectory_every)
 
 

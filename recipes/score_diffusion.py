@@ -14,6 +14,7 @@ import torch
 from common.errors import ConfigError
 from common.files import staged_folder
 from data.families import PCAM_DATASETS, WSI_DATASETS
+from common.options import number
 from recipes.base import InferenceFlag, LoadedModel, RenderContext
 from recipes.diffusion_base import CONDITION_OPTIONS, DIFFUSION_OPTIONS, DiffusionRecipe, diffusion_settings, unet_config
 from recipes.latents import TILE_FLAGS, render_tiles
@@ -29,10 +30,10 @@ from recipes.transitions import (
 TRANSITION_FLAGS = (
     InferenceFlag(("--classifier_ckpts",), dict(nargs="+", help="classifier checkpoints or folders of runs (e.g. model_weights/resnet/); required")),
     InferenceFlag(("--condition_values", "--conditions"), dict(dest="condition_values", help="condition values: '0,0.5,1' or 'start:stop:count' (default 0:1:6)")),
-    InferenceFlag(("--num_sequences",), dict(type=int, help="number of sequences (default 8)")),
+    InferenceFlag(("--num_sequences",), dict(type=number(int, 1), help="number of sequences (default 8)")),
     InferenceFlag(("--from_image",), dict(nargs="+", help="start from real image(s) noised to --strength (SDEdit); cycled over sequences")),
-    InferenceFlag(("--from_patch",), dict(nargs="+", type=int, help="start from these validation patches of the checkpoint's data set")),
-    InferenceFlag(("--strength",), dict(type=float, help="noise level for --from_image/--from_patch in (0, 1] (default 0.6)")),
+    InferenceFlag(("--from_patch",), dict(nargs="+", type=number(int, 0), help="start from these validation patches of the checkpoint's data set")),
+    InferenceFlag(("--strength",), dict(type=number(float, 0, 1, low_open=True), help="noise level for --from_image/--from_patch in (0, 1] (default 0.6)")),
 )
 
 
@@ -80,9 +81,7 @@ def render_transitions(ctx: RenderContext) -> None:
         raise ConfigError("--from_image and --from_patch contradict each other: give one")
     num_sequences = args.num_sequences if args.num_sequences is not None else 8
     strength = args.strength if args.strength is not None else 0.6
-    if num_sequences < 1 or not 0 < strength <= 1:
-        raise ConfigError(f"--num_sequences must be at least 1 and --strength in (0, 1]; got {num_sequences}, {strength}")
-    spec = sampling_choice(args, cfg_scale=one_guidance_scale(args, "transition sequences"))
+    spec = sampling_choice(args, cfg_scale=one_guidance_scale(args, "transition sequences"), checkpoints=ctx.checkpoints)
     try:
         conditions = parse_conditions(args.condition_values or "0:1:6")
         size = loaded.model_config["unet"]["image_size"]

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from common.checkpoint import load_failure
 from common.errors import ConfigError
 from common.files import save_figure_atomic, staged_folder, write_csv_atomic
-from common.options import Option
+from common.options import Option, number
 from data.families import SEGMENTATION_DATASETS
 from data.tile_pairs import TilePairs, list_pairs, tile_size_of
 from recipes.base import InferenceFlag, LoadedModel, Recipe, RenderContext
@@ -39,8 +40,8 @@ MIT_MULTIPLE = 32
 
 SEGMENTATION_OPTIONS = (
     Option("seg_encoder", str, "resnet34", "segmentation_models_pytorch encoder of the UNet (e.g. resnet34, mit_b2 as in STEDM; mit_* need tiles of a multiple of 32 px); built without pretrained weights", None, "segmentation"),
-    Option("seg_classes", int, 2, "segmentation classes incl. background (mask pixel = class index)", None, "segmentation"),
-    Option("overlap", int, 0, "pixels at each tile border left out of the loss and the metrics", None, "segmentation"),
+    Option("seg_classes", number(int, 2), 2, "segmentation classes incl. background (mask pixel = class index)", None, "segmentation"),
+    Option("overlap", number(int, 0), 0, "pixels at each tile border left out of the loss and the metrics", None, "segmentation"),
     Option("seg_weights", str, None, "local state dict to start from: of the encoder alone (e.g. a torchvision ResNet, fc left out) or of the whole UNet", None, "segmentation"),
 )
 TEST_DIR_FLAG = InferenceFlag(("--test_dir",), dict(help="segmentation: held-out folder of images/*.png + masks/*.png to score (default: the run's validation tiles)"))
@@ -70,7 +71,7 @@ def load_seg_weights(model: SegmentationNet, path: str | Path) -> str:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's
-        raise ConfigError(f"--seg_weights {path}: not a readable state dict ({err})") from None
+        raise ConfigError(f"--seg_weights {path}: not a readable state dict ({load_failure(err)})") from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"--seg_weights {path}: expected a state dict (parameter name -> tensor)")
     state = {k[4:] if k.startswith("net.") else k: v for k, v in state.items()}
@@ -216,10 +217,6 @@ class SegmentationRecipe(Recipe):
 
         if config["seg_encoder"] not in get_encoder_names():
             raise ConfigError(f"--seg_encoder {config['seg_encoder']}: not a segmentation_models_pytorch encoder (e.g. resnet34, mit_b2)")
-        if config["seg_classes"] < 2:
-            raise ConfigError(f"--seg_classes must be at least 2 (background and one class), got {config['seg_classes']}")
-        if config["overlap"] < 0:
-            raise ConfigError(f"--overlap must be non-negative, got {config['overlap']}")
         if config["seg_weights"] and not Path(config["seg_weights"]).is_file():
             raise ConfigError(f"--seg_weights: file {config['seg_weights']} does not exist")
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from common.errors import ConfigError
 from common.files import staged_folder
-from common.options import Option, flag_bool
+from common.options import Option, flag_bool, number
 from data.condition_maps import COLOUR_MAPS, HV_CONVENTIONS, MapOptions, map_channels, map_settings, upgrade_map_settings
 from data.families import LAYOUT_DATASETS
 from data.monuseg import MATCH_POOL, LayoutPatches, match_struct_partners, shape_statistics, shuffle_partners
@@ -21,14 +21,14 @@ from recipes.synthesis import MASK_ORDERS, SynthesisJob, synthesise
 
 MATCH_POOL_OTHERS = MATCH_POOL - 1
 SDM_OPTIONS = (
-    Option("spade_hidden", int, 128, "hidden channels of each SPADE block's convolutions", None, "sdm"),
+    Option("spade_hidden", number(int, 1), 128, "hidden channels of each SPADE block's convolutions", None, "sdm"),
     Option("class_maps", flag_bool, True, "one-hot class maps (--num_classes channels) in the condition; the original SDM condition has none", None, "sdm"),
     Option("hv_convention", str, "hovernet", "--use_hv_map centre: hovernet (HoVer-Net's targets: rounded centre of mass, 1-based pixel grid) or centroid (exact centroid)", HV_CONVENTIONS, "sdm"),
     Option("colour_map", str, "nucleus_mean", "--use_col_map content: nucleus_mean (each nucleus its mean colour) or pixel_shuffle (the tile's pixels at random positions, the original SDM's)", COLOUR_MAPS, "sdm"),
     Option("preserve_nuclei_col", flag_bool, False, "pixel_shuffle colour map: shuffle nucleus and background pixels separately", None, "sdm"),
 )
 SYNTHESIS_FLAGS = (
-    InferenceFlag(("--num_samples",), dict(type=int, help="tiles per checkpoint and guidance scale (default 16)")),
+    InferenceFlag(("--num_samples",), dict(type=number(int, 1), help="tiles per checkpoint and guidance scale (default 16)")),
     InferenceFlag(("--masks",), dict(help="tiled layout folder (images/, inst_masks/) to take layouts from (default: the checkpoint's training tiles)")),
     InferenceFlag(("--layout_order",), dict(choices=MASK_ORDERS, help="which layouts the samples use: random draws (default), shuffle (every layout once in a seeded random order before repeating) or in_order")),
     InferenceFlag(("--shuffle_masks",), dict(action="store_true", help="colour map of each layout from the image of a random other tile (the original SDM's flag)")),
@@ -123,9 +123,7 @@ def render_synthesis(ctx: RenderContext) -> None:
     """H&E tiles from layouts, for every checkpoint x guidance scale, written as a segmentation training set."""
     args, first, device = ctx.args, ctx.first, ctx.device
     num_samples = args.num_samples if args.num_samples is not None else 16
-    if num_samples < 1:
-        raise ConfigError(f"--num_samples must be at least 1, got {num_samples}")
-    spec = sampling_choice(args)
+    spec = sampling_choice(args, checkpoints=ctx.checkpoints)
     for other in ctx.checkpoints[1:]:
         if other.model_type != first.model_type or other.model_config["maps"] != first.model_config["maps"]:
             raise ConfigError(f"--ckpt {other.path}: not an sdm checkpoint with the same condition maps as {first.path}")

@@ -17,7 +17,7 @@ from common.errors import ConfigError
 from common.figures import labelled_grid, to_uint8
 from common.files import staged_folder, write_csv_atomic
 from tqdm import tqdm
-from common.options import Option, flag_bool
+from common.options import Option, flag_bool, number
 from data.families import STYLE_DATASETS
 from data.base import one_hot
 from data.style_sources import PAIRINGS, StyleSource, TileLayouts, dataset_styles, folder_styles, pair_styles
@@ -35,9 +35,9 @@ O = Option
 STEDM_OPTIONS: tuple[Option, ...] = (
     O("style_encoder", str, "resnet18", "torchvision backbone of the style encoder (swin_v2_t in the original work)", BACKBONES, "stedm"),
     O("style_encoder_weights", str, None, "local torchvision state dict to start the style encoder's backbone from (default: random init)", None, "stedm"),
-    O("style_dim", int, 512, "width of the style vectors", None, "stedm"),
+    O("style_dim", number(int, 1), 512, "width of the style vectors", None, "stedm"),
     O("style_agg", str, "mean", "how the vectors of the style crops are merged", AGGREGATORS, "stedm"),
-    O("style_drop_prob", float, 0.25, "probability of dropping the style to its learned null in training (for guidance)", None, "stedm"),
+    O("style_drop_prob", number(float, 0, 1), 0.25, "probability of dropping the style to its learned null in training (for guidance)", None, "stedm"),
     O("freeze_style_encoder", flag_bool, False, "keep the style encoder's weights (and batch-norm statistics) fixed", None, "stedm"),
 )
 STYLE_SPLITS = ("heldout", "train", "all")
@@ -45,8 +45,8 @@ STEDM_FLAGS = (
     InferenceFlag(("--layouts",), dict(help="layouts: val (the run's validation patches, default) or a tile-pair folder (images/*.png + masks/*.png)")),
     InferenceFlag(("--styles",), dict(help="style sources: heldout (the run's held-out slides: zero-shot, default), train, all, or a folder of slides or images")),
     InferenceFlag(("--pairing",), dict(choices=PAIRINGS, help="which style unit each layout takes: random, same_slide (its own) or cross (any other); default random")),
-    InferenceFlag(("--num_samples",), dict(type=int, help="tiles per checkpoint (default 16)")),
-    InferenceFlag(("--cfg_rescale",), dict(type=float, help="CFG-rescale in [0, 1] of the style guidance (default 0.7)")),
+    InferenceFlag(("--num_samples",), dict(type=number(int, 1), help="tiles per checkpoint (default 16)")),
+    InferenceFlag(("--cfg_rescale",), dict(type=number(float, 0, 1), help="CFG-rescale in [0, 1] of the style guidance (default 0.7)")),
 )
 DEFAULT_CFG_SCALE = 1.5
 DEFAULT_CFG_RESCALE = 0.7
@@ -78,10 +78,6 @@ class StyleDiffusion(DiffusionRecipe):
         super().finalise(config)
         if config["style_sampling"] == "none" or config["num_style_images"] < 1:
             raise ConfigError("stedm needs style crops: give --num_style_images >= 1 and a --style_sampling other than none")
-        if config["style_dim"] < 1:
-            raise ConfigError(f"--style_dim must be at least 1, got {config['style_dim']}")
-        if not 0.0 <= config["style_drop_prob"] <= 1.0:
-            raise ConfigError(f"--style_drop_prob must be in [0, 1], got {config['style_drop_prob']}")
         weights = config["style_encoder_weights"]
         if weights and not Path(weights).is_file():
             raise ConfigError(f"--style_encoder_weights: file {weights} does not exist")
@@ -194,14 +190,10 @@ def render_styled(ctx: RenderContext) -> None:
     single_checkpoint(ctx)
     args, loaded, device = ctx.args, ctx.first, ctx.device
     num_samples = args.num_samples if args.num_samples is not None else DEFAULT_NUM_SAMPLES
-    if num_samples < 1:
-        raise ConfigError(f"--num_samples must be at least 1, got {num_samples}")
     rescale = args.cfg_rescale if args.cfg_rescale is not None else DEFAULT_CFG_RESCALE
-    if not 0.0 <= rescale <= 1.0:
-        raise ConfigError(f"--cfg_rescale must be in [0, 1], got {rescale}")
     scale = DEFAULT_CFG_SCALE if args.cfg_scale is None else one_guidance_scale(args, "stedm tiles")
     latent = isinstance(loaded.model, LatentDiffusion)
-    spec = replace(sampling_choice(args, cfg_scale=scale), cfg_rescale=rescale, guided_conditions=("style",), clip_x0=not latent)
+    spec = replace(sampling_choice(args, cfg_scale=scale, checkpoints=ctx.checkpoints), cfg_rescale=rescale, guided_conditions=("style",), clip_x0=not latent)
     layouts, layout_name = layout_source(ctx, loaded)
     image_size = int(loaded.model_config.get("image_size", loaded.model_config["unet"]["image_size"]))
     styles = style_source(ctx, loaded, image_size, layouts)

@@ -28,13 +28,16 @@ def parse_conditions(text: str) -> list[float]:
             n = int(count)
             if n < 1:
                 raise ValueError("count must be at least 1")
-            values = np.linspace(float(start), float(stop), n).tolist()
+            ends = [float(start), float(stop)]
+            values = np.linspace(*ends, n).tolist() if np.all(np.isfinite(ends)) else ends
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise ValueError(f"--condition_values: expected '0,0.5,1' or 'start:stop:count', got {text!r} ({err})") from None
     if not values:
         raise ValueError("--condition_values: no values given")
+    if not all(np.isfinite(values)):
+        raise ValueError(f"--condition_values: expected finite numbers, got {text!r}")
     return [round(v, 6) for v in values]
 
 

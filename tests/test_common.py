@@ -15,7 +15,9 @@ from common import files
 from common.cli import run_main
 from common.errors import CheckpointError, ConfigError, DataError, TrainingError, UserError
 from common.files import (
+    MARKER,
     atomic_path,
+    mark_as_ours,
     read_csv_rows,
     save_figure_atomic,
     save_image_atomic,
@@ -147,9 +149,10 @@ def test_save_image_and_figure_atomic(tmp_path):
 def test_staged_folder_moves_a_complete_folder_into_place(tmp_path, umask_027):
     out = tmp_path / "samples"
     out.mkdir()
+    mark_as_ours(out, "a test")
     (out / "old.png").write_text("old")
     staged_folder(out, lambda folder: (folder / "new.png").write_text("new"))
-    assert sorted(p.name for p in out.iterdir()) == ["new.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "new.png"])
     assert mode(out) == 0o777 & ~umask_027
     assert leftovers(tmp_path, {"samples"}) == []
 
@@ -157,6 +160,7 @@ def test_staged_folder_moves_a_complete_folder_into_place(tmp_path, umask_027):
 def test_staged_folder_keeps_the_old_folder_when_writing_fails(tmp_path):
     out = tmp_path / "samples"
     out.mkdir()
+    mark_as_ours(out, "a test")
     (out / "old.png").write_text("old")
 
     def write(folder: Path) -> None:
@@ -165,8 +169,18 @@ def test_staged_folder_keeps_the_old_folder_when_writing_fails(tmp_path):
 
     with pytest.raises(DataError, match="halfway"):
         staged_folder(out, write)
-    assert sorted(p.name for p in out.iterdir()) == ["old.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "old.png"])
     assert leftovers(tmp_path, {"samples"}) == []
+
+
+def test_staged_folder_never_replaces_a_folder_it_did_not_write(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "thesis.docx").write_text("years of work")
+    with pytest.raises(ConfigError, match="not written by this toolkit"):
+        staged_folder(out, lambda folder: (folder / "new.png").write_text("new"))
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.docx"]
+    assert leftovers(tmp_path, {"results"}) == []
 
 
 def test_staged_folder_never_replaces_a_file(tmp_path):

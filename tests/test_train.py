@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from unittest import mock
 import torch
 
 import train
@@ -89,7 +90,7 @@ def test_bad_input_gives_one_clear_message(synthetic_root, tmp_path, capsys, kin
         "empty_db": "synthetic.sqlite",
         "unknown_class": "unknown class name",
         "tile_too_large": "--tile_size 4096 is larger than slide",
-        "missing_checkpoint": "nowhere/last.pt does not exist",
+        "missing_checkpoint": "nowhere: no such run folder",
     }[kind]
     if kind == "missing_slide":
         (root / "WSI" / "synthetic_000.tif").unlink()
@@ -125,15 +126,25 @@ def test_early_stopping_when_validation_does_not_improve(synthetic_root, tmp_pat
     assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == 2
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, capsys):
+def test_non_finite_loss_stops_and_names_the_checkpoint_it_keeps(synthetic_root, tmp_path, capsys):
     argv = diffusion_args(synthetic_root, tmp_path, max_steps=6, val_every=0, save_every=1, learning_rate=1e30, grad_clip=0)
     assert train.main(argv) == 2
     err = capsys.readouterr().err
-    assert "non-finite loss" in err and "last good checkpoint" in err
     run_dir = tmp_path / "diffusion_synthetic"
-    assert not (run_dir / "last.pt").exists()
-    kept = sorted(run_dir.glob("step_*.pt"))
-    assert kept and torch.load(kept[-1], weights_only=True)["step"] < 6
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    assert "non-finite loss" in err and f"progress up to step {last['step']} is in" in err and "last.pt" in err
+    assert 0 < last["step"] < 6
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_non_finite_loss_at_the_first_step_says_no_checkpoint_and_leaves_no_folder(synthetic_root, tmp_path, capsys):
+    argv = diffusion_args(synthetic_root, tmp_path, max_steps=6, val_every=0)
+    nan = torch.tensor(float("nan"), requires_grad=True)
+    with mock.patch("recipes.tasks.DiffusionTask.training_loss", return_value=nan):
+        assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "no checkpoint was written" in err
+    assert not (tmp_path / "diffusion_synthetic").exists()
 
 
 def test_bf16_autocast_and_gradient_accumulation_on_cpu(synthetic_root, tmp_path):
