@@ -66,6 +66,22 @@ def inputs_of(config: dict[str, Any]) -> list[Path]:
     return [Path(v) for k, v in config.items() if k != "out_dir" and isinstance(v, str) and v and Path(v).exists()]
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and not path.is_symlink() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_if_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders (deepest first) this run created, as long as nothing was written into them."""
+    for folder in folders:
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     return any(run_dir.glob("*.pt"))
 
@@ -112,6 +128,7 @@ def train(config: dict[str, Any], state: dict[str, Any] | None, run_dir: Path, l
     config["tile_size"] = data.tile_size
 
     new_lock = None
+    created = missing_folders(run_dir.parent)
     if state is None:
         if is_main():
             new_lock = open_new_run(run_dir, Path(config["out_dir"]), config["overwrite"], inputs_of(config), "train.py")
@@ -134,6 +151,7 @@ def train(config: dict[str, Any], state: dict[str, Any] | None, run_dir: Path, l
     except BaseException:
         if new_lock is not None and not has_checkpoint(run_dir):
             remove_ours(run_dir, "run folder")
+            remove_if_empty(created)
         raise
     finally:
         if new_lock is not None:

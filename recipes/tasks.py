@@ -14,6 +14,7 @@ from diffusion.discriminator import adaptive_weight, generator_adv_loss, hinge_d
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from metrics.structural import ssim
 from common.figures import labelled_grid
+from common.files import save_image_atomic
 
 VALIDATION_SEED = 1234
 
@@ -225,6 +226,6 @@ class AutoencoderTask(Task):
         """A grid of validation images (top row) and their reconstructions (bottom row)."""
         x = next(iter(loader))["image"][:8].to(device)
         recon, _ = model(x)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        labelled_grid([list(x.cpu()), list(recon.float().cpu())], [["real"] * len(x), ["reconstruction"] * len(x)],
-                      scale=1 if x.shape[-1] >= 96 else 2, caption_lines=1).save(path)
+        grid = labelled_grid([list(x.cpu()), list(recon.float().cpu())], [["real"] * len(x), ["reconstruction"] * len(x)],
+                             scale=1 if x.shape[-1] >= 96 else 2, caption_lines=1)
+        save_image_atomic(grid, path)

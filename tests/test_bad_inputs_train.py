@@ -297,3 +297,32 @@ def test_output_folders_are_checked_before_work_starts(kind, words, synthetic_ro
                                if kind == "file" else str(out)]) == 2
         assert error_of(capsys).startswith("error: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] if kind != "read_only" else not out.exists()
+
+
+def test_two_trainings_started_together_into_one_folder_one_is_refused(synthetic_root, tmp_path):
+    argv = args_for(synthetic_root, tmp_path, max_steps=3, val_every=0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "in use by" in refused or "already exists" in refused or "created by another run" in refused
+    rows = (tmp_path / "diffusion_synthetic" / "train_log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("content", ["checkpoint", "list", "tensor"])
+def test_pretrained_weights_that_are_no_state_dict(content, synthetic_root, finished_run, tmp_path, capsys):
+    weights = tmp_path / "weights.pt"
+    if content == "checkpoint":
+        weights.write_bytes((finished_run / "last.pt").read_bytes())
+    else:
+        torch.save([torch.zeros(2)] if content == "list" else torch.zeros(2), weights)
+    argv = tiny_config(synthetic_root, tmp_path / "runs", model_type="resnet18", tile_size=32,
+                       pretrained_weights=str(weights))
+    assert train.main(argv) == 2
+    err = error_of(capsys)
+    assert f"--pretrained_weights {weights}" in err and "expected a state dict" in err
+    assert not (tmp_path / "runs").exists()
