@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.inception import Inception3
 
+from common.checkpoint import load_failure
 from common.errors import CheckpointError, ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,7 +84,7 @@ class InceptionFeatures(FeatureExtractor):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise CheckpointError(f"--inception_weights {path}: not a torch state-dict file ({err})") from None
+            raise CheckpointError(f"--inception_weights {path}: not a torch state-dict file ({load_failure(err)})") from None
         if not isinstance(state, Mapping) or not torch.is_tensor(state.get("fc.weight")):
             raise CheckpointError(f"--inception_weights {path}: expected a torchvision inception_v3 state dict with fc.weight")
         aux_logits = any(key.startswith("AuxLogits.") for key in state)
@@ -139,10 +140,13 @@ class EfficientNetLite0Features(FeatureExtractor):
         if not path.is_file():
             raise FileNotFoundError(f"EfficientNet-Lite0 weights: file {path} does not exist")
         network = EfficientNet.from_name("efficientnet-lite0")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for corrupt or foreign files
+            raise CheckpointError(f"EfficientNet-Lite0 weights {path}: not a torch state-dict file ({load_failure(err)})") from None
         try:
             network.load_state_dict(state)
-        except RuntimeError as err:
+        except (RuntimeError, TypeError, AttributeError) as err:
             raise CheckpointError(f"EfficientNet-Lite0 weights {path} do not fit the network: {err}") from None
         self.network = network
         self._freeze()
