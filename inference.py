@@ -22,12 +22,13 @@ from common.errors import ConfigError
 from common.files import check_replaceable, check_writable_output
 from common.options import number
 from common.runtime import pick_device
+from diffusion.dpm_solver import SPACINGS
 from diffusion.sampling import SAMPLERS
 from model import MODEL_TYPES, load_checkpoint, load_ensemble, recipe_for
 from recipes.base import DataAccess, InferenceFlag, RenderContext
 
 
-SAMPLING_FLAGS = ("sampler", "steps", "timestep_respacing", "eta", "save_trajectory", "cfg_scale")
+SAMPLING_FLAGS = ("sampler", "steps", "step_spacing", "timestep_respacing", "eta", "save_trajectory", "cfg_scale")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     common.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sampling = p.add_argument_group("diffusion, sdm and ldm checkpoints: sampling")
-    sampling.add_argument("--sampler", choices=SAMPLERS, help="ddpm (ancestral) or ddim (default ddim)")
-    sampling.add_argument("--steps", type=number(int, 1), help="sampling steps (default 50; ddpm respaces when fewer than T)")
+    sampling.add_argument("--sampler", choices=SAMPLERS, help="ddpm (ancestral), ddim, or DPM-Solver++: dpmpp_2m, "
+                          "dpmpp_3m, dpmpp_2m_sde (default: the model type's, see the README)")
+    sampling.add_argument("--steps", type=number(int, 1), help="sampling steps (network evaluations; default: the model "
+                          "type's; ddpm respaces when fewer than T)")
+    sampling.add_argument("--step_spacing", choices=SPACINGS, help="DPM-Solver++ steps uniform in log-SNR (logsnr, "
+                          "default), in time, or Karras' spacing")
     sampling.add_argument("--timestep_respacing", help="instead of --sampler/--steps: ddimN, or section counts such as 250 or 10,15,20 (ddpm)")
     sampling.add_argument("--eta", type=number(float, 0), default=0.0, help="DDIM eta; 0 is deterministic (default 0)")
     sampling.add_argument("--cfg_scale", "--s", dest="cfg_scale", type=number(float, 0), nargs="+",

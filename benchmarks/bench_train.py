@@ -1,4 +1,8 @@
-"""Training throughput (images/s) of the diffusion UNets on random data. Prints one JSON line.
+"""Training throughput (images/s), model FLOPs per image and MFU of the diffusion UNets on random data. One JSON line.
+
+MFU is the achieved FLOP/s (FLOPs of one forward+backward counted by FlopCounterMode, per image, times images/s)
+over a matmul peak measured in the same run: a large torch.matmul in the training dtype (fp32, or bf16 / fp16
+with --precision) timed on the device.
 
 python benchmarks/bench_train.py --dim 64 --dim_mults 1,2,4 --batch_size 32 --steps 20          (canine, 64 px)
 python benchmarks/bench_train.py --model sdm --image_size 128 --dim 128 --dim_mults 1,1,2,2,4 \
@@ -13,11 +17,12 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.cli import Parser  # noqa: E402
-from common.options import int_list  # noqa: E402
+from common.options import int_list, number  # noqa: E402
 from diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
 from diffusion.unet import UNet, count_parameters  # noqa: E402
 
@@ -32,6 +37,36 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
         return UNet(**common, out_channels=6, conditions=["semantic"], cond_drop_prob=0.2,
                     semantic_channels=SEMANTIC_CHANNELS, spade_hidden=args.spade_hidden, resblock_updown=True)
     return UNet(**common)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, min_seconds: float = 0.5) -> float:
+    """FLOP/s of a size x size torch.matmul in `dtype` on `device`: the best of repeats timed for min_seconds."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    torch.matmul(a, b)
+    best, spent = float("inf"), 0.0
+    while spent < min_seconds or best == float("inf"):
+        sync(device)
+        tic = time.perf_counter()
+        torch.matmul(a, b)
+        sync(device)
+        seconds = time.perf_counter() - tic
+        best, spent = min(best, seconds), spent + seconds
+    return 2.0 * size**3 / best
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def count_step_flops(loss_fn, parameters) -> int:
+    """FLOPs of one forward+backward of loss_fn() (FlopCounterMode); the gradients are cleared again."""
+    with FlopCounterMode(display=False) as counter:
+        loss_fn().backward()
+    for param in parameters:
+        param.grad = None
+    return counter.get_total_flops()
 
 
 def main() -> None:
@@ -49,8 +84,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--channels_last", action="store_true")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--peak_size", type=number(int, 64), default=None,
+                   help="side of the square matmul timed for the peak (default: 8192 on CUDA, 2048 on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
 
@@ -70,32 +107,41 @@ def main() -> None:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
 
-    def step() -> None:
+    def loss_of(network: torch.nn.Module) -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = diffusion.training_losses(lambda x, t: net(x, t, cond), x0).mean()
-        scaler.scale(loss).backward()
+            return diffusion.training_losses(lambda x, t: network(x, t, cond), x0).mean()
+
+    def step() -> None:
+        scaler.scale(loss_of(net)).backward()
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
 
+    flops_per_image = count_step_flops(lambda: loss_of(model), model.parameters()) / args.batch_size
     for _ in range(args.warmup):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     tic = time.perf_counter()
     for _ in range(args.steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     seconds = time.perf_counter() - tic
+    images_per_s = args.batch_size * args.steps / seconds
+    peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
+    peak = matmul_peak(device, dtype or torch.float32, peak_size)
     print(json.dumps({
         "benchmark": f"train_{args.model}",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
         "image_size": args.image_size, "dim": args.dim, "dim_mults": args.dim_mults, "batch_size": args.batch_size,
         "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
         "parameters": count_parameters(model),
-        "images_per_s": round(args.batch_size * args.steps / seconds, 2),
+        "images_per_s": round(images_per_s, 2),
         "seconds_per_step": round(seconds / args.steps, 4),
+        "model_gflop_per_image": round(flops_per_image / 1e9, 3),
+        "achieved_gflop_per_s": round(flops_per_image * images_per_s / 1e9, 2),
+        "peak_matmul_gflop_per_s": round(peak / 1e9, 2),
+        "peak_matmul_dtype": str(dtype or torch.float32).removeprefix("torch."), "peak_matmul_size": peak_size,
+        "mfu": round(flops_per_image * images_per_s / peak, 4),
     }))
 
 

@@ -31,7 +31,7 @@ def noise_like(
     return noise[noise_index.to(noise.device)]
 
 
-def _check_noise_index(noise_index: torch.Tensor | None, batch: int) -> None:
+def check_noise_index(noise_index: torch.Tensor | None, batch: int) -> None:
     if noise_index is None:
         return
     if noise_index.shape != (batch,) or noise_index.dtype != torch.long:
@@ -43,7 +43,7 @@ def _check_noise_index(noise_index: torch.Tensor | None, batch: int) -> None:
         raise ValueError("noise_index must be non-negative")
 
 
-def _check_start(diffusion: GaussianDiffusion, x_T: torch.Tensor, t_start: int | None) -> int:
+def check_start(diffusion: GaussianDiffusion, x_T: torch.Tensor, t_start: int | None) -> int:
     """The first timestep of the reverse loop, after validating x_T and t_start."""
     if not torch.is_tensor(x_T) or x_T.ndim < 1 or not x_T.is_floating_point():
         raise ValueError("x_T must be a floating-point tensor with a batch dimension")
@@ -54,8 +54,9 @@ def _check_start(diffusion: GaussianDiffusion, x_T: torch.Tensor, t_start: int |
     return t_start
 
 
-def _steps(timesteps: list[int], progress: bool) -> Iterable[int]:
-    return tqdm(timesteps, desc="sampling", disable=not progress, leave=False)
+def step_bar(timesteps: list[int], progress: bool) -> Iterable[int]:
+    """The timesteps, with a progress bar (steps done, rate and time left) when `progress`."""
+    return tqdm(timesteps, desc="sampling steps", unit="step", disable=not progress, leave=False, dynamic_ncols=True)
 
 
 @torch.no_grad()
@@ -74,10 +75,10 @@ def ddpm_sample(
 
     `callback(step_index, t, x_t, pred_x0)` sees each step's input x_t and the x0 predicted from it.
     """
-    start = _check_start(diffusion, x_T, t_start)
-    _check_noise_index(noise_index, x_T.shape[0])
+    start = check_start(diffusion, x_T, t_start)
+    check_noise_index(noise_index, x_T.shape[0])
     x = x_T
-    for step_index, t in enumerate(_steps(list(range(start, -1, -1)), progress)):
+    for step_index, t in enumerate(step_bar(list(range(start, -1, -1)), progress)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         out = diffusion.p_mean_variance(model_fn, x, t_batch, clip_x0=clip_x0)
         if callback is not None:
@@ -118,12 +119,12 @@ def ddim_sample(
     """
     if not eta >= 0.0:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
-    start = _check_start(diffusion, x_T, t_start)
-    _check_noise_index(noise_index, x_T.shape[0])
+    start = check_start(diffusion, x_T, t_start)
+    check_noise_index(noise_index, x_T.shape[0])
     timesteps = ddim_timesteps(start, steps)
     alpha_bar = diffusion.alphas_cumprod
     x = x_T
-    for step_index, t in enumerate(_steps(timesteps, progress)):
+    for step_index, t in enumerate(step_bar(timesteps, progress)):
         t_prev = timesteps[step_index + 1] if step_index + 1 < len(timesteps) else -1
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         model_out = diffusion.model_output(model_fn, x, t_batch)

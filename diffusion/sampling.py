@@ -15,10 +15,13 @@ import torch
 
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.guidance import ConditionalModel, classifier_free_guidance
+from diffusion.dpm_solver import SPACINGS, dpm_solver_sample
 from diffusion.respace import respace, space_timesteps
 from diffusion.samplers import StepCallback, ddim_sample, ddpm_sample, sdedit_start
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m")
+# DPM-Solver++ variants: (order, SDE).
+DPM_SOLVERS = {"dpmpp_2m": (2, False), "dpmpp_2m_sde": (2, True), "dpmpp_3m": (3, False)}
 RESPACING_FLAG = "--timestep_respacing"
 
 
@@ -38,11 +41,12 @@ def _section_counts(text: str) -> list[int] | None:
 class SamplingSpec:
     """How to sample.
 
-    sampler: "ddpm" (ancestral) or "ddim".
-    steps: for ddim the number of strided steps (int); for ddpm the number of respaced timesteps (int) or
-        section counts such as "10,15,20" (the T timesteps cut into sections, each keeping its count). DDPM
-        walks every timestep when the steps keep all T of them.
-    eta: DDIM noise (0 deterministic, 1 DDPM-like); unused by ddpm.
+    sampler: "ddpm" (ancestral), "ddim", or DPM-Solver++: "dpmpp_2m", "dpmpp_3m" (ODE), "dpmpp_2m_sde".
+    steps: for ddim and DPM-Solver++ the number of network evaluations (int); for ddpm the number of respaced
+        timesteps (int) or section counts such as "10,15,20" (the T timesteps cut into sections, each keeping
+        its count). DDPM walks every timestep when the steps keep all T of them.
+    eta: DDIM noise (0 deterministic, 1 DDPM-like); unused by the others.
+    spacing: DPM-Solver++'s steps: uniform in log-SNR ("logsnr"), in time ("time") or Karras' ("karras").
     cfg_scale: classifier-free guidance scale; 1 is the conditional pass alone.
     clip_x0: clip the predicted x0 to [-1, 1] at every step (pixel-space data).
     strength: where a start from real images begins, in (0, 1]: their noise level as a fraction of the
@@ -59,6 +63,7 @@ class SamplingSpec:
     strength: float = 1.0
     cfg_rescale: float = 0.0
     guided_conditions: tuple[str, ...] | None = None
+    spacing: str = "logsnr"
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -86,13 +91,15 @@ class SamplingSpec:
             raise ValueError(f"cfg_rescale must be in [0, 1], got {self.cfg_rescale!r}")
         if self.guided_conditions is not None:
             object.__setattr__(self, "guided_conditions", tuple(str(n) for n in self.guided_conditions))
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
 
     def check_fits(self, num_timesteps: int) -> None:
         """ValueError unless the steps fit a process of `num_timesteps` timesteps."""
         if self.sampler == "ddpm":
             space_timesteps(num_timesteps, self.steps)
         elif self.steps > num_timesteps:
-            raise ValueError(f"ddim cannot take {self.steps} steps out of {num_timesteps}; expected 1..{num_timesteps}")
+            raise ValueError(f"{self.sampler} cannot take {self.steps} steps out of {num_timesteps}; expected 1..{num_timesteps}")
 
     @classmethod
     def parse_respacing(cls, text: str, **fields: Any) -> "SamplingSpec":
@@ -136,13 +143,15 @@ def sample(
     start_images: torch.Tensor | None = None,
     callback: StepCallback | None = None,
     guided_channels: int | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Samples for a batch, from x_T (or, with start_images, from those noised with x_T to spec.strength).
 
     model(x, t, cond, drop_cond) is guided at spec.cfg_scale; guided_channels (default: x_T's channels when
     the process learns its variance, else all) are the output channels guidance combines. The per-step
     noise comes from `generator`; noise_index[b] picks the noise row of element b (see diffusion.samplers),
-    so elements sharing a row share their noise. callback(step_index, t, x_t, pred_x0) sees every step.
+    so elements sharing a row share their noise. callback(step_index, t, x_t, pred_x0) sees every step;
+    `progress` shows a bar over the steps with the time left.
     """
     if not isinstance(spec, SamplingSpec):
         raise TypeError(f"spec must be a SamplingSpec, got {type(spec).__name__}")
@@ -157,7 +166,7 @@ def sample(
     if start_images is not None:
         x, t_start = sdedit_start(process, start_images, spec.strength, x_T)
     return _run(process, model_fn, x, spec, t_start=t_start, generator=generator, noise_index=noise_index,
-                callback=callback)
+                callback=callback, progress=progress)
 
 
 def _run(process: GaussianDiffusion, model_fn, x: torch.Tensor, spec: SamplingSpec, **common: Any) -> torch.Tensor:
@@ -165,4 +174,8 @@ def _run(process: GaussianDiffusion, model_fn, x: torch.Tensor, spec: SamplingSp
         return ddpm_sample(process, model_fn, x, clip_x0=spec.clip_x0, **common)
     if spec.sampler == "ddim":
         return ddim_sample(process, model_fn, x, steps=spec.steps, eta=spec.eta, clip_x0=spec.clip_x0, **common)
+    if spec.sampler in DPM_SOLVERS:
+        order, sde = DPM_SOLVERS[spec.sampler]
+        return dpm_solver_sample(process, model_fn, x, steps=spec.steps, order=order, sde=sde, spacing=spec.spacing,
+                                 clip_x0=spec.clip_x0, **common)
     raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {spec.sampler!r}")

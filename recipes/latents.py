@@ -54,7 +54,7 @@ def sample_tiles(
     cond = {"label": labels.to(device)} if labels is not None else {}
     if labels is None:
         spec = replace(spec, cfg_scale=1.0)
-    z = sample(model, diffusion, z_T, cond, spec, generator=generator, callback=callback)
+    z = sample(model, diffusion, z_T, cond, spec, generator=generator, callback=callback, progress=True)
     decoded = model.decode(z) if latent else z
     return decoded.float().clamp(-1, 1).cpu()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common.errors import ConfigError
-from diffusion.sampling import SamplingSpec
+from diffusion.sampling import DPM_SOLVERS, SamplingSpec
 from recipes.base import LoadedModel, RenderContext
 from recipes.trajectory import TrajectoryRecorder
 
@@ -22,6 +22,12 @@ def sampling_choice(args: argparse.Namespace, cfg_scale: float = 1.0, strength: 
     if args.timestep_respacing and (args.sampler or args.steps):
         raise ConfigError("--timestep_respacing replaces --sampler/--steps: give one or the other")
     fields = dict(eta=args.eta, cfg_scale=cfg_scale, strength=strength)
+    spacing = getattr(args, "step_spacing", None)
+    if spacing is not None:
+        if args.timestep_respacing or (args.sampler or "ddim") not in DPM_SOLVERS:
+            raise ConfigError(f"--step_spacing {spacing} is for the DPM-Solver++ samplers ({', '.join(DPM_SOLVERS)}); "
+                              "give --sampler with one of them")
+        fields["spacing"] = spacing
     if args.timestep_respacing:
         try:
             spec = SamplingSpec.parse_respacing(args.timestep_respacing, **fields)

@@ -215,7 +215,8 @@ def render_styled(ctx: RenderContext) -> None:
             style = torch.from_numpy(np.stack(crops)).to(device)
             x_T = torch.randn((len(batch), unet["in_channels"], unet["image_size"], unet["image_size"]), generator=generator,
                               device=generator.device).to(device)
-            out = sampling.sample(loaded.model, loaded.diffusion, x_T, {"style": style, "semantic": semantic}, spec, generator=generator)
+            out = sampling.sample(loaded.model, loaded.diffusion, x_T, {"style": style, "semantic": semantic}, spec, generator=generator,
+                                  progress=True)
             images = (loaded.model.decode(out) if latent else out).float().clamp(-1, 1).cpu()
             for k, ((index, unit), (real, labels), image) in enumerate(zip(batch, pairs, images)):
                 n = first + k

@@ -82,7 +82,7 @@ def synthesise(
                 size = semantic.shape[-1]
                 x_T = torch.randn((len(batch), 3, size, size), generator=generator, device=generator.device).to(device)
                 images = sampling.sample(job.model, job.diffusion, x_T, {"semantic": semantic}, replace(spec, cfg_scale=scale),
-                                         generator=generator, callback=callback if first_batch else None)
+                                         generator=generator, callback=callback if first_batch else None, progress=True)
                 for k, (sample, image) in enumerate(zip(batch, images.cpu())):
                     index = first + k
                     name = f"{job.label}_s{scale:g}_{index:05d}_{sample['meta']['name']}"

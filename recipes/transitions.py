@@ -80,7 +80,7 @@ def render_sequences(
             starts = start_images[first : first + count].repeat_interleave(k, dim=0).to(device)
         cond = {"score": scores} if "score" in model.config.get("conditions", ()) else {}
         images = sample(model, diffusion, x_T, cond, spec, generator=step_gen, noise_index=noise_index, start_images=starts,
-                        callback=callback if first == 0 else None)
+                        callback=callback if first == 0 else None, progress=progress)
         out.append(images.float().clamp(-1, 1).cpu().view(count, k, *images.shape[1:]))
     return torch.cat(out)
 

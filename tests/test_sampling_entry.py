@@ -18,10 +18,11 @@ import torch
 from common.errors import ConfigError
 from data.condition_maps import MapOptions, map_channels
 from diffusion.autoencoder import AutoencoderKL
+from diffusion.dpm_solver import dpm_solver_sample
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.latent import LatentDiffusion
 from diffusion.samplers import ddim_sample, ddpm_sample
-from diffusion.sampling import SamplingSpec, sample
+from diffusion.sampling import DPM_SOLVERS, SamplingSpec, sample
 from diffusion.unet import UNet
 from recipes import synthesis
 from recipes.latents import sample_tiles
@@ -213,7 +214,7 @@ class Recording(torch.nn.Module):
         return self.network(x, t, cond, drop_cond)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m"])
 def test_guidance_scale_one_is_the_plain_conditional_pass(networks, sampler):
     model = Recording(networks["score"])
     diffusion = process()
@@ -226,8 +227,12 @@ def test_guidance_scale_one_is_the_plain_conditional_pass(networks, sampler):
     def plain(x, t):
         return networks["score"](x, t, cond, torch.zeros(x.shape[0], dtype=torch.bool))
 
-    run = ddpm_sample if sampler == "ddpm" else ddim_sample
-    kwargs = {} if sampler == "ddpm" else {"steps": 6, "eta": 1.0}
+    if sampler in DPM_SOLVERS:
+        order, sde = DPM_SOLVERS[sampler]
+        run, kwargs = dpm_solver_sample, {"steps": 6, "order": order, "sde": sde}
+    else:
+        run = ddpm_sample if sampler == "ddpm" else ddim_sample
+        kwargs = {} if sampler == "ddpm" else {"steps": 6, "eta": 1.0}
     reference = run(diffusion, plain, x_T, generator=torch.Generator().manual_seed(2), **kwargs)
     assert torch.equal(images, reference)
 
@@ -254,7 +259,7 @@ class ConditionBlind(torch.nn.Module):
         return self.network(x, t)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"])
 @pytest.mark.parametrize("sdedit", [False, True])
 def test_a_condition_blind_network_renders_one_image_per_sequence(networks, sampler, sdedit):
     model = ConditionBlind(networks["unconditional"])
@@ -269,13 +274,14 @@ def test_a_condition_blind_network_renders_one_image_per_sequence(networks, samp
     assert not torch.allclose(images[0, 0], images[1, 0])
 
 
-def test_clip_x0_reaches_the_sampler(networks):
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "dpmpp_2m_sde"])
+def test_clip_x0_reaches_the_sampler(networks, sampler):
     x_T = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 3
     cond = {"score": torch.tensor([0.0, 1.0])}
     seen = {}
     for clip in (True, False):
         pred = []
-        sample(networks["score"], process(), x_T, cond, SamplingSpec("ddim", 3, clip_x0=clip),
+        sample(networks["score"], process(), x_T, cond, SamplingSpec(sampler, 3, clip_x0=clip),
                generator=None, callback=lambda i, t, x, x0: pred.append(x0))
         seen[clip] = torch.stack(pred)
     assert seen[True].abs().max() <= 1.0
