@@ -69,7 +69,7 @@ def count_step_flops(loss_fn, parameters) -> int:
     return counter.get_total_flops()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("diffusion", "sdm"), default="diffusion", help="score UNet or SDM (SPADE, learned sigma)")
     p.add_argument("--image_size", type=int, default=64)
@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--peak_size", type=number(int, 64), default=None,
                    help="side of the square matmul timed for the peak (default: 8192 on CUDA, 2048 on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -72,7 +72,7 @@ PARTS: tuple[Part, ...] = (
         "bench_train.py", *FAST, *(TINY_UNET + ["--model", "sdm", "--spade_hidden", "8", "--batch_size", "2"] if smoke else
                                    SDM + ["--batch_size", "16", "--steps", "10", "--warmup", "3", "--compile"]))),
     Part("ldm", 55, lambda smoke: script(
-        "bench_latent.py", *(["--image_size", "16", "--ae_channels", "8", "--ae_channel_mult", "1,2", "--dim", "32",
+        "bench_latent.py", *(["--image_size", "32", "--ae_channels", "8", "--ae_channel_mult", "1,2", "--dim", "32",
                               "--dim_mults", "1,2", "--batch_size", "2", "--steps", "1", "--ddim_steps", "2"] if smoke else
                              ["--image_size", "128", "--ae_channels", "64", "--ae_channel_mult", "1,2,4", "--dim", "64",
                               "--dim_mults", "1,2,4", "--batch_size", "32", "--steps", "10", "--ddim_steps", "50"]))),
@@ -186,7 +186,7 @@ def loss_bf16_vs_fp32(smoke: bool) -> dict[str, Any]:
     return {
         "steps": steps, "batch_size": batch, "image_size": size, "final_loss_window": window,
         "final_loss_fp32": round(final["fp32"], 6), "final_loss_bf16": round(final["bf16"], 6),
-        "relative_difference": round(abs(final["bf16"] - final["fp32"]) / final["fp32"], 4),
+        "relative_difference": float(f"{abs(final['bf16'] - final['fp32']) / final['fp32']:.3g}"),
     }
 
 

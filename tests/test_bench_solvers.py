@@ -1,0 +1,56 @@
+"""The sampler benchmarks run end to end on a tiny model and report every method against its references."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import train
+from conftest import ROOT, tiny_config
+from test_train import TINY_UNET
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("runs")
+    diffusion = train.run(tiny_config(synthetic_root, out, **{**TINY_UNET, "max_steps": 2}))
+    train.run(tiny_config(synthetic_root, out, model_type="resnet18", tile_size=16, max_steps=1, ensemble=0))
+    plain = train.run(tiny_config(synthetic_root, tmp_path_factory.mktemp("plain"), **{**TINY_UNET, "max_steps": 2,
+                                                                                       "conditions": "none"}))
+    return {"diffusion": diffusion / "last.pt", "resnet": out / "resnet", "unconditional": plain / "last.pt"}
+
+
+def run(script: str, *argv: str) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *argv], cwd=ROOT, capture_output=True,
+                          text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_bench_transitions_compares_every_method_with_the_reference(trained, tmp_path):
+    result = run("bench_transitions.py", "--ckpt", str(trained["diffusion"]), "--classifier_ckpts", str(trained["resnet"]),
+                 "--sequences", "2", "--original_sequences", "1", "--conditions", "0,1", "--methods", "dpmpp_2m:5,ddim:5",
+                 "--out", str(tmp_path / "out"))
+    methods = [row["method"] for row in result["results"]]
+    assert methods[0].startswith("reference: ddpm-50") and methods[1].startswith("original procedure")
+    assert methods[2:] == ["dpmpp_2m-5", "ddim-5"]
+    assert all(0 <= row["max_score_difference"] <= 1 for row in result["results"])
+    assert all(row["speedup_vs_original"] > 0 for row in result["results"])
+    with open(tmp_path / "out" / "curves.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 2
+    assert (tmp_path / "out" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_solvers_measures_distances_to_both_references(trained, tmp_path):
+    result = run("bench_solvers.py", "--ckpt", str(trained["unconditional"]), "--methods", "dpmpp_2m:4,dpmpp_2m_sde:4",
+                 "--out", str(tmp_path / "out"), "--", "--num_per_cluster", "6")
+    rows = {row["method"]: row for row in result["results"]}
+    assert list(rows) == ["ddpm-50", "ddim-50", "dpmpp_2m-4", "dpmpp_2m_sde-4"]  # T = 50 in the tiny model
+    assert rows["ddim-50"]["ode_rmse"] == 0 and rows["dpmpp_2m-4"]["ode_rmse"] > 0
+    assert rows["dpmpp_2m_sde-4"]["ode_rmse"] == "" and rows["ddpm-50"]["ode_rmse"] == ""
+    assert all(0 <= row["colour_difference"] < 1 for row in rows.values())
+    assert (tmp_path / "out" / "methods.png").is_file() and (tmp_path / "out" / "results.csv").is_file()

@@ -1,0 +1,124 @@
+"""The GPU benchmark suite: its smoke run on a CPU writes every key, failing parts are recorded, bad OUT_DIRs are refused."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+BENCHMARKS = ROOT / "benchmarks"
+TRAIN_KEYS = {"images_per_s", "seconds_per_step", "model_gflop_per_image", "achieved_gflop_per_s",
+              "peak_matmul_gflop_per_s", "peak_matmul_dtype", "mfu", "precision", "channels_last", "compile"}
+PART_KEYS = {
+    "environment": {"gpu_name", "torch_version", "cuda_version", "bf16_dense_peak_tflop_per_s", "fp32_peak_tflop_per_s"},
+    "train_canine": TRAIN_KEYS,
+    "train_sdm_128": TRAIN_KEYS,
+    "ldm": {"autoencoder_train_images_per_s", "ldm_train_images_per_s"},
+    "sample_transitions": {"requested_sampler", "sampler", "sampler_fallback", "steps", "cfg_scale", "sequences_per_s",
+                           "images_per_s"},
+    "wsi_patches": {"results"},
+    "loss_bf16_vs_fp32": {"steps", "final_loss_fp32", "final_loss_bf16", "relative_difference"},
+}
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (benchmarks/ is not a package)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def load_suite():
+    return load_benchmark("gpu_suite")
+
+
+def test_smoke_run_writes_every_part_and_key(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_suite.sh"), str(out), "--smoke"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "gpu_suite.json").read_text())
+    assert report["smoke"] is True and report["failed_parts"] == []
+    assert set(report["parts"]) == set(PART_KEYS)
+    for name, keys in PART_KEYS.items():
+        part = report["parts"][name]
+        assert part["status"] == "ok", (name, part.get("error"))
+        assert keys <= set(part["result"]), (name, keys - set(part["result"]))
+    canine = report["parts"]["train_canine"]["result"]
+    assert canine["precision"] == "bf16" and canine["channels_last"] is True
+    assert canine["model_gflop_per_image"] > 0 and 0 < canine["mfu"] < 1
+    sampling = report["parts"]["sample_transitions"]["result"]
+    assert sampling["sampler_fallback"] == (sampling["sampler"] != "dpmpp_2m")
+    assert sampling["steps"] == 15 and sampling["cfg_scale"] == 2.0
+
+
+def test_failing_and_slow_parts_are_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
+    suite = load_suite()
+    python = [sys.executable, "-c"]
+    monkeypatch.setattr(suite, "PARTS", (
+        suite.Part("broken", 10, lambda smoke: python + ["import sys; print('bad size', file=sys.stderr); sys.exit(3)"]),
+        suite.Part("slow", 1, lambda smoke: python + ["import time; time.sleep(30)"]),
+        suite.Part("fine", 10, lambda smoke: python + ["print('{\"value\": 1}')"]),
+    ))
+    report = suite.run_suite(tmp_path, smoke=False)
+    parts = report["parts"]
+    assert parts["broken"]["status"] == "error" and "exit code 3" in parts["broken"]["error"]
+    assert "bad size" in parts["broken"]["error"]
+    assert parts["slow"]["status"] == "timeout" and "within 1 s" in parts["slow"]["error"]
+    assert parts["fine"] == {**parts["fine"], "status": "ok", "result": {"value": 1}}
+    assert report["failed_parts"] == ["broken", "slow"]
+    assert json.loads((tmp_path / "gpu_suite.json").read_text())["failed_parts"] == ["broken", "slow"]
+
+
+def bad_out_dir(tmp_path: Path, kind: str) -> Path:
+    if kind == "file":
+        (tmp_path / "taken").write_text("x")
+        return tmp_path / "taken"
+    if kind == "dangling":
+        (tmp_path / "link").symlink_to(tmp_path / "gone")
+        return tmp_path / "link"
+    return tmp_path / "unused"
+
+
+@pytest.mark.parametrize("kind, extra, words", [
+    ("file", [], ["OUT_DIR", "is a file", "expected a folder"]),
+    ("dangling", [], ["OUT_DIR", "dangling symbolic link"]),
+    ("none", ["--part", "nonsense"], ["--part", "invalid choice"]),
+])
+def test_bad_out_dir_is_refused_before_any_work(tmp_path, capsys, kind, extra, words):
+    suite = load_suite()
+    out = bad_out_dir(tmp_path, kind)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert suite.run_main(suite.run, [str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and all(w in err for w in words), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_missing_out_dir_is_refused(capsys):
+    suite = load_suite()
+    assert suite.run_main(suite.run, []) == 2
+    assert "OUT_DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--peak_size", "0"], ["--peak_size", "expected"]),
+    (["--peak_size", "nan"], ["--peak_size", "expected"]),
+    (["--precision", "fp8"], ["--precision", "invalid choice"]),
+])
+def test_bench_train_refuses_bad_flags(capsys, argv, words):
+    with pytest.raises(SystemExit) as exit_info:
+        load_benchmark("bench_train").main(argv)
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error:") and all(w in err for w in words), err
