@@ -12,6 +12,10 @@ from recipes.trajectory import TrajectoryRecorder
 
 
 DEFAULT_STEPS = 50
+# The sampler and steps each model type renders with when --sampler and --steps are not given: the fewest steps
+# that stayed within tolerance of the 1000-step references (README, "Sampling speed and the defaults").
+DEFAULT_SAMPLING = {"diffusion": ("ddim", DEFAULT_STEPS), "sdm": ("ddim", DEFAULT_STEPS), "ldm": ("ddim", DEFAULT_STEPS),
+                    "stedm": ("ddim", DEFAULT_STEPS)}
 
 
 def sampling_choice(args: argparse.Namespace, cfg_scale: float = 1.0, strength: float = 1.0,
@@ -24,7 +28,7 @@ def sampling_choice(args: argparse.Namespace, cfg_scale: float = 1.0, strength: 
     fields = dict(eta=args.eta, cfg_scale=cfg_scale, strength=strength)
     spacing = getattr(args, "step_spacing", None)
     if spacing is not None:
-        if args.timestep_respacing or (args.sampler or "ddim") not in DPM_SOLVERS:
+        if args.timestep_respacing or default_sampling(args.sampler, checkpoints)[0] not in DPM_SOLVERS:
             raise ConfigError(f"--step_spacing {spacing} is for the DPM-Solver++ samplers ({', '.join(DPM_SOLVERS)}); "
                               "give --sampler with one of them")
         fields["spacing"] = spacing
@@ -34,13 +38,23 @@ def sampling_choice(args: argparse.Namespace, cfg_scale: float = 1.0, strength: 
         except ValueError as err:
             raise ConfigError(str(err)) from None
     else:
-        default = min([DEFAULT_STEPS] + [loaded.diffusion.num_timesteps for loaded in checkpoints])
+        sampler, default_steps = default_sampling(args.sampler, checkpoints)
+        default = min([default_steps] + [loaded.diffusion.num_timesteps for loaded in checkpoints])
         steps = args.steps if args.steps is not None else default
         if steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {steps}")
-        spec = SamplingSpec(args.sampler or "ddim", steps, **fields)
+        spec = SamplingSpec(sampler, steps, **fields)
     check_steps_fit(args, spec, checkpoints)
     return spec
+
+
+def default_sampling(sampler: str | None, checkpoints: Sequence[LoadedModel]) -> tuple[str, int]:
+    """(sampler, default steps): the model type's default when --sampler is not given (or names it), else
+    --sampler with DEFAULT_STEPS."""
+    chosen = DEFAULT_SAMPLING.get(checkpoints[0].model_type, ("ddim", DEFAULT_STEPS)) if checkpoints else ("ddim", DEFAULT_STEPS)
+    if sampler is None or sampler == chosen[0]:
+        return chosen
+    return sampler, DEFAULT_STEPS
 
 
 def check_steps_fit(args: argparse.Namespace, spec: SamplingSpec, checkpoints: Sequence[LoadedModel]) -> None:
