@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -60,7 +61,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def count_step_flops(loss_fn, parameters) -> int:
+def count_step_flops(loss_fn: Callable[[], torch.Tensor], parameters: Iterable[torch.nn.Parameter]) -> int:
     """FLOPs of one forward+backward of loss_fn() (FlopCounterMode); the gradients are cleared again."""
     with FlopCounterMode(display=False) as counter:
         loss_fn().backward()
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
+                   help="channels-last memory format of the model and the batch (default: off)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--peak_size", type=number(int, 64), default=None,
                    help="side of the square matmul timed for the peak (default: 8192 on CUDA, 2048 on CPU)")

@@ -56,6 +56,7 @@ def test_smoke_run_writes_every_part_and_key(tmp_path):
         assert keys <= set(part["result"]), (name, keys - set(part["result"]))
     canine = report["parts"]["train_canine"]["result"]
     assert canine["precision"] == "bf16" and canine["channels_last"] is True
+    assert "fp32" in report["parts"]["ldm"]["note"]
     assert canine["model_gflop_per_image"] > 0 and 0 < canine["mfu"] < 1
     sampling = report["parts"]["sample_transitions"]["result"]
     assert sampling["sampler_fallback"] == (sampling["sampler"] != "dpmpp_2m")
