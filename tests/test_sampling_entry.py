@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ from diffusion.sampling import DPM_SOLVERS, SamplingSpec, sample
 from diffusion.unet import UNet
 from recipes import synthesis
 from recipes.latents import sample_tiles
-from recipes.render import sampling_choice
+from recipes.render import DEFAULT_SAMPLING, sampling_choice
 from recipes.transitions import render_sequences
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sampling_expected.pt"
@@ -322,6 +323,27 @@ def test_sampling_choice_from_the_flags():
         sampling_choice(cli(timestep_respacing="ddim5", steps=5))
     with pytest.raises(ConfigError, match="--steps must be at least 1"):
         sampling_choice(cli(steps=0))
+
+
+def loaded_stub(model_type: str, timesteps: int = 1000):
+    return SimpleNamespace(model_type=model_type, diffusion=SimpleNamespace(num_timesteps=timesteps), path=Path("x.pt"))
+
+
+@pytest.mark.parametrize("model_type", sorted(DEFAULT_SAMPLING))
+def test_each_model_type_renders_with_its_default_sampler(model_type):
+    sampler, steps = DEFAULT_SAMPLING[model_type]
+    assert sampling_choice(cli(), checkpoints=[loaded_stub(model_type)]) == SamplingSpec(sampler, steps)
+    assert sampling_choice(cli(steps=7), checkpoints=[loaded_stub(model_type)]) == SamplingSpec(sampler, 7)
+    other = "ddpm" if sampler != "ddpm" else "ddim"
+    assert sampling_choice(cli(sampler=other), checkpoints=[loaded_stub(model_type)]).steps == 50
+    assert sampling_choice(cli(), checkpoints=[loaded_stub(model_type, timesteps=5)]).steps == 5
+
+
+def test_step_spacing_is_only_for_dpm_solver():
+    spec = sampling_choice(cli(sampler="dpmpp_2m", step_spacing="karras"), checkpoints=[loaded_stub("sdm")])
+    assert spec.spacing == "karras"
+    with pytest.raises(ConfigError, match="--step_spacing karras is for the DPM-Solver"):
+        sampling_choice(cli(sampler="ddim", step_spacing="karras"), checkpoints=[loaded_stub("sdm")])
 
 
 @pytest.mark.parametrize("fields, message", [
