@@ -14,7 +14,7 @@ from recipes.trajectory import TrajectoryRecorder
 DEFAULT_STEPS = 50
 # The sampler and steps each model type renders with when --sampler and --steps are not given: the fewest steps
 # that stayed within tolerance of the 1000-step references (README, "Sampling speed and the defaults").
-DEFAULT_SAMPLING = {"diffusion": ("ddim", DEFAULT_STEPS), "sdm": ("ddim", DEFAULT_STEPS), "ldm": ("ddim", DEFAULT_STEPS),
+DEFAULT_SAMPLING = {"diffusion": ("dpmpp_2m", 15), "sdm": ("dpmpp_2m", 15), "ldm": ("dpmpp_2m", 15),
                     "stedm": ("ddim", DEFAULT_STEPS)}
 
 
