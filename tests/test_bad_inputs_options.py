@@ -231,7 +231,7 @@ def test_inference_value_that_does_not_fit_the_checkpoint(checkpoint, tmp_path, 
 
 
 @pytest.mark.parametrize("flags, sampler, steps", [
-    ([], "ddim", 50),
+    ([], "dpmpp_2m", 15),
     (["--timestep_respacing", "50"], "ddpm", 50),
     (["--timestep_respacing", "ddim50"], "ddim", 50),
     (["--timestep_respacing", "25,25"], "ddpm", "25,25"),
