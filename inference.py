@@ -21,7 +21,7 @@ from common.cli import Parser, run_main
 from common.errors import ConfigError
 from common.files import check_replaceable, check_writable_output
 from common.options import number
-from common.runtime import pick_device
+from common.runtime import pick_device, set_threads
 from diffusion.dpm_solver import SPACINGS
 from diffusion.sampling import SAMPLERS
 from model import MODEL_TYPES, load_checkpoint, load_ensemble, recipe_for
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--out_dir", default="outputs/samples", help="output folder (default outputs/samples)")
     common.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     common.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    common.add_argument("--threads", type=number(int, 1), help="CPU threads of PyTorch's operators (default: "
+                        "OMP_NUM_THREADS, else one per physical core; fewer when other jobs share the cores)")
     sampling = p.add_argument_group("diffusion, sdm and ldm checkpoints: sampling")
     sampling.add_argument("--sampler", choices=SAMPLERS, help="ddpm (ancestral), ddim, or DPM-Solver++: dpmpp_2m, "
                           "dpmpp_3m, dpmpp_2m_sde (default: the model type's, see the README)")
@@ -104,6 +106,7 @@ def run(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     check_common(args)
     device = pick_device(args.device)
+    set_threads(args.threads)
     first = load_checkpoint(args.ckpt[0], device)
     recipe = recipe_for(first.model_type)
     if not recipe.renders:

@@ -61,6 +61,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
     O("overwrite", flag_bool, False, "replace an existing run folder"),
     O("device", str, "auto", "auto, cpu, cuda or cuda:N"),
     O("num_workers", number(int, 0), 2, "data-loading worker processes per rank"),
+    O("threads", number(int, 1), None, "CPU threads of PyTorch's operators (default: OMP_NUM_THREADS, else one per physical core; fewer when other jobs share the cores)"),
 )
 
 

@@ -17,7 +17,7 @@ from common.cli import run_main
 from common.errors import ConfigError
 from common.files import check_replaceable, check_writable_output, remove_ours, write_text_atomic
 from common.run_folder import RunLock, check_inside, check_name_part, open_existing_run, open_new_run
-from common.runtime import init_distributed, is_main, pick_device
+from common.runtime import init_distributed, is_main, pick_device, set_threads
 from dataloader import build_dataloaders
 from model import OPTIONS, check_stored_config, recipe_for, resolve_config, run_dir_for
 from trainer import RESUME_MAY_CHANGE, Trainer
@@ -116,6 +116,7 @@ def train(config: dict[str, Any], state: dict[str, Any] | None, run_dir: Path, l
     """Build the data and the model and run the trainer; a new run's folder is removed again when the run fails
     before its first checkpoint (so a rerun is not blocked)."""
     device = pick_device(config["device"])
+    set_threads(config.get("threads"))
     if config["precision"] == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     init_distributed(device)

@@ -52,7 +52,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     O("compile", flag_bool, False, "torch.compile the network", None, "train"),
     O("channels_last", flag_bool, None, "channels-last memory format; default: on for CUDA, and on CPU with --precision fp32 (where it measured faster; with bf16 on CPU it measured slower)", None, "train"),
 )
-RESUME_MAY_CHANGE = {"max_steps", "device", "num_workers", "resume", "early_stopping", "val_every", "save_every", "log_every"}
+RESUME_MAY_CHANGE = {"max_steps", "device", "num_workers", "threads", "resume", "early_stopping", "val_every", "save_every", "log_every"}
 
 
 def check_training_options(config: dict) -> None:

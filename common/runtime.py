@@ -36,3 +36,35 @@ def init_distributed(device: torch.device) -> None:
 
 def is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on: hyper-threads of one core count once (from /proc/cpuinfo), within
+    the CPU affinity (e.g. a cluster job's allocation)."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores: dict[int, tuple[str, str]] = {}
+    try:
+        processor, physical = None, "0"
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key == "processor":
+                    processor = int(value)
+                elif key == "physical id":
+                    physical = value
+                elif key == "core id" and processor is not None:
+                    cores[processor] = (physical, value)
+    except (OSError, ValueError):
+        return max(1, len(allowed))
+    distinct = {cores[p] for p in allowed if p in cores}
+    return max(1, len(distinct) if distinct else len(allowed))
+
+
+def set_threads(threads: int | None) -> int:
+    """Use `threads` CPU threads for PyTorch's operators (default: OMP_NUM_THREADS when set, else one per physical
+    core); give the number set."""
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else physical_cores()
+    torch.set_num_threads(threads)
+    return threads

@@ -2,6 +2,9 @@
 k-nearest-neighbour precision and recall (Kynkaanniemi et al. 2019). Features are (N, D) arrays."""
 from __future__ import annotations
 
+import sys
+import warnings
+
 import numpy as np
 from scipy import linalg
 from scipy.spatial.distance import cdist
@@ -13,6 +16,8 @@ from common.errors import ConfigError, DataError
 IMAGINARY_TOLERANCE = 1e-3
 # Rows of query points compared against all manifold points at once in precision/recall.
 DISTANCE_CHUNK = 1024
+SINGULAR_NOTE = ("note: covariance near-singular (fewer images than feature dimensions?); "
+                 "added {eps:g} * I as pytorch-fid does")
 
 
 def _as_features(feats: np.ndarray, argument: str, min_rows: int = 2) -> np.ndarray:
@@ -36,8 +41,9 @@ def frechet_distance(
 ) -> float:
     """|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)) between two Gaussians.
 
-    When the matrix square root of the product is not finite (a singular product), eps * I is added to both
-    covariances and the root taken again; imaginary parts left by rounding are dropped, larger ones are an error.
+    When the matrix square root of the product is not finite or scipy finds the product singular, eps * I is
+    added to both covariances and the root taken again, with a one-line note on stderr (as pytorch-fid and
+    clean-fid do); imaginary parts left by rounding are dropped, larger ones are an error.
     """
     mu1, mu2 = (np.atleast_1d(np.asarray(mu, dtype=np.float64)) for mu in (mu1, mu2))
     sigma1, sigma2 = (np.atleast_2d(np.asarray(sigma, dtype=np.float64)) for sigma in (sigma1, sigma2))
@@ -47,10 +53,11 @@ def frechet_distance(
             f"frechet_distance: expected means of shape ({dim},) and covariances of ({dim}, {dim}), got "
             f"{mu1.shape}, {sigma1.shape}, {mu2.shape}, {sigma2.shape}"
         )
-    root = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(root).all():
+    root, singular = _quiet_sqrtm(sigma1 @ sigma2)
+    if singular or not np.isfinite(root).all():
+        print(SINGULAR_NOTE.format(eps=eps), file=sys.stderr)
         offset = eps * np.eye(dim)
-        root = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        root, _ = _quiet_sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(root):
         largest = np.abs(np.diagonal(root).imag).max()
         if largest > IMAGINARY_TOLERANCE:
@@ -58,6 +65,14 @@ def frechet_distance(
         root = root.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(root))
+
+
+def _quiet_sqrtm(matrix: np.ndarray) -> tuple[np.ndarray, bool]:
+    """scipy's matrix square root, and whether scipy warned that the matrix is singular (the warning is kept quiet)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", linalg.LinAlgWarning)
+        root = linalg.sqrtm(matrix)
+    return root, any(issubclass(w.category, linalg.LinAlgWarning) for w in caught)
 
 
 def gaussian_statistics(feats: np.ndarray, argument: str = "feats") -> tuple[np.ndarray, np.ndarray]:

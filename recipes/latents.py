@@ -25,6 +25,8 @@ from recipes.render import make_recorder, one_guidance_scale, sampling_choice, s
 from recipes.tasks import psnr, ssim_batch
 
 FEATURE_GRID = 4
+# Real | generated pairs shown in the grid.png of --paired.
+PAIRED_GRID = 8
 
 
 @torch.no_grad()
@@ -59,6 +61,13 @@ def sample_tiles(
     return decoded.float().clamp(-1, 1).cpu()
 
 
+def tile_bar_label(model: torch.nn.Module, conditioned: bool, label_name: str) -> str:
+    """Progress-bar label of what is rendered: ldm tiles (latent diffusion), class / cluster tiles or tiles (pixel)."""
+    if isinstance(model, LatentDiffusion):
+        return "ldm tiles"
+    return f"{label_name} tiles" if conditioned else "tiles"
+
+
 def save_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(to_uint8(image)).save(path)
 
@@ -80,7 +89,7 @@ def generate_per_cluster(
     generator = torch.Generator(device=device).manual_seed(seed)
     groups = list(cluster_ids) if cluster_ids is not None else [None]
     rows, grid = [], []
-    bar = tqdm(total=len(groups) * per_cluster, desc="ldm samples")
+    bar = tqdm(total=len(groups) * per_cluster, desc=tile_bar_label(model, cluster_ids is not None, label_name))
     for cluster in groups:
         sub = folder / ("samples" if cluster is None else f"{label_name}_{cluster:02d}")
         sub.mkdir(parents=True)
@@ -113,12 +122,14 @@ def generate_paired(
     device: torch.device,
     folder: Path,
 ) -> int:
-    """For every tile, one generated from that tile's cluster, under the same file name in generated/ and real/."""
+    """For every tile, one generated from that tile's cluster, under the same file name in generated/ and real/,
+    and grid.png of the first pairs (real | generated)."""
     (folder / "generated").mkdir(parents=True)
     (folder / "real").mkdir(parents=True)
     generator = torch.Generator(device=device).manual_seed(seed)
-    rows = []
-    for batch in tqdm(DataLoader(tiles, batch_size=batch_size, shuffle=False), desc="paired ldm samples"):
+    rows, pairs = [], []
+    desc = "paired " + tile_bar_label(model, False, "")
+    for batch in tqdm(DataLoader(tiles, batch_size=batch_size, shuffle=False), desc=desc):
         labels = batch.get("label")
         images = sample_tiles(model, diffusion, labels, len(batch["image"]), spec, generator, device)
         for k, image in enumerate(images):
@@ -126,8 +137,19 @@ def generate_paired(
             save_png(image, folder / "generated" / name)
             save_png(batch["image"][k], folder / "real" / name)
             rows.append({"file": name, "cluster": "" if labels is None else int(labels[k]), "seed": seed})
+            if len(pairs) < PAIRED_GRID:
+                pairs.append((name, batch["image"][k], image))
     write_rows(folder / "samples.csv", rows)
+    paired_grid(pairs).save(folder / "grid.png")
     return len(rows)
+
+
+def paired_grid(pairs: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> Image.Image:
+    """One row per (name, real, generated) pair: the real tile captioned with its file name, then the generated one."""
+    images = [[real, generated] for _, real, generated in pairs]
+    captions = [[f"real {name}", "generated"] for name, _, _ in pairs]
+    scale = 1 if pairs[0][1].shape[-1] >= 96 else 2
+    return labelled_grid(images, captions, scale=scale, caption_lines=1)
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -193,7 +215,8 @@ def render_tiles(ctx: RenderContext, label_name: str, pixel_space: bool) -> None
             raise ConfigError("--paired makes one tile per training tile: it takes no --cluster_ids or --num_per_cluster")
         tiles = ctx.data.tiles(loaded.config, "train", labels=conditioned)
         staged_folder(out, lambda folder: count.update(n=generate_paired(loaded.model, loaded.diffusion, tiles, spec, args.batch_size, args.seed, device, folder)))
-        print(f"{count['n']} generated tiles paired by file name with the real ones: {out / 'generated'}, {out / 'real'}")
+        print(f"{count['n']} generated tiles paired by file name with the real ones: {out / 'generated'}, {out / 'real'}; "
+              f"pictures: {out / 'grid.png'} (real | generated, first {PAIRED_GRID} pairs)")
         return
     if args.cluster_ids and not conditioned:
         raise ConfigError(f"--cluster_ids: {loaded.path} is an unconditional model (trained without --conditions label)")

@@ -12,3 +12,4 @@ done
 "$py" inference.py --diffusion_ckpt runs/demo/diffusion_synthetic/last.pt \
   --classifier_ckpts runs/demo/resnet/ --condition_values 0:1:6 --num_sequences 8 \
   --sampler ddim --steps 50 --cfg_scale 2 --out_dir runs/demo/transitions --overwrite
+echo "to run the README's python commands in this environment: source scripts/env.sh"

@@ -31,3 +31,4 @@ done
 "$py" -m tools.compare_segmentation --runs real="$out/scores_real" real+synthetic="$out/scores_real_syn" \
   stain_augmentation="$out/scores_stain" --out "$out/downstream.csv" --overwrite
 echo "pictures: $out/synthetic/grid.png, $out/downstream.png, $out/synthetic/style_distance.png"
+echo "to run the README's python commands in this environment: source scripts/env.sh"

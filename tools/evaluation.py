@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -137,13 +137,35 @@ def structural_metrics(real: ImageSet, fake: ImageSet, names: Sequence[str], pai
         fns["lpips"] = lambda x, y: lpips(x, y)
     out: dict[str, float] = {}
     for name in names:
-        on_device = lambda x, y, fn=fns[name]: fn(x.to(device), y.to(device)).float().cpu()
-        if matched is not None:
-            scores = paired_scores(matched[0], matched[1], on_device, batch_size=batch)
-        else:
-            scores = unpaired_scores(real.images, fake.images, on_device, pairs=pairs, seed=seed, batch_size=batch)
+        total = len(matched[0]) if matched is not None else pairs
+        with tqdm(total=total, desc=f"{name} {'paired' if matched is not None else 'random'} pairs", unit="pair") as bar:
+            on_device = counted(lambda x, y, fn=fns[name]: fn(x.to(device), y.to(device)).float().cpu(), bar)
+            if matched is not None:
+                scores = paired_scores(matched[0], matched[1], on_device, batch_size=batch)
+            else:
+                scores = unpaired_scores(real.images, fake.images, on_device, pairs=pairs, seed=seed, batch_size=batch)
         out[name] = float(torch.as_tensor(scores).float().mean())
     return out, matched is not None
+
+
+def counted(fn, bar: tqdm):
+    """`fn(x, y)` that also moves the progress bar `bar` on by the pairs in the batch."""
+
+    def call(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        result = fn(x, y)
+        bar.update(len(x))
+        return result
+
+    return call
+
+
+def progress_batches(images: torch.Tensor, batch: int, desc: str) -> Iterator[torch.Tensor]:
+    """`images` in batches of `batch`, with a progress bar (images done, time left) labelled `desc`."""
+    with tqdm(total=len(images), desc=desc, unit="img") as bar:
+        for i in range(0, len(images), batch):
+            chunk = images[i : i + batch]
+            yield chunk
+            bar.update(len(chunk))
 
 
 def lpips_network(backbone: str, weights: str | None, linear: str | None) -> LPIPS:
@@ -190,9 +212,8 @@ def distribution_metrics(real: ImageSet, fake: ImageSet, names: Sequence[str], n
                          seed: int) -> dict[str, Any]:
     """FID, KID and precision/recall on the features of `network` (labelled as not comparable with published FID)."""
     network = network.to(device) if hasattr(network, "to") else network
-    batches = lambda images: (images[i : i + batch] for i in range(0, len(images), batch))
-    fr = extract(network, batches(real.images), device)
-    ff = extract(network, batches(fake.images), device)
+    fr = extract(network, progress_batches(real.images, batch, f"{network.name} features of --real"), device)
+    ff = extract(network, progress_batches(fake.images, batch, f"{network.name} features of --fake"), device)
     out: dict[str, Any] = {"feature_network": network.name, "comparable_with_published_fid": bool(network.comparable_with_published)}
     if "fid" in names:
         out["fid"] = float(fid(fr, ff))
@@ -223,12 +244,13 @@ def nll_bits_per_dim(ckpt: str, real: ImageSet, count: int, batch: int, device: 
         values = true_conditions(condition_csv, real.names[:count], conditions, unet.get("num_labels", 0), ckpt)
     diffusion = loaded.diffusion
     totals = []
-    for i in tqdm(range(0, len(images), batch), desc="variational bound"):
-        x0 = images[i : i + batch].to(device)
+    for index, x0 in enumerate(progress_batches(images, batch, f"NLL images ({diffusion.num_timesteps} steps each)")):
+        i = index * batch
+        x0 = x0.to(device)
         drop = torch.full((len(x0),), values is None, dtype=torch.bool, device=device)
         cond = None if values is None else {conditions[0]: values[i : i + batch].to(device)}
         model_fn = lambda x, t: loaded.model(x, t, cond, drop) if conditions else loaded.model(x, t)
-        totals.append(diffusion.variational_bound(model_fn, x0)["total_bpd"].cpu())
+        totals.append(diffusion.variational_bound(model_fn, x0, progress=True)["total_bpd"].cpu())
     bpd = torch.cat(totals)
     used = condition if conditions else "unconditional model"
     return {"nll_bpd": float(bpd.mean()), "nll_bpd_std": float(bpd.std()) if len(bpd) > 1 else 0.0,
@@ -339,7 +361,8 @@ def controllability(targets_csv: str | Path | Targets, classifier_ckpts: list[st
     images = torch.stack([read_image(file, None) for file in targets.files])
     ensemble = classifier_ensemble(classifier_ckpts, device)
     with torch.no_grad():
-        scores = torch.cat([ensemble(images[i : i + batch].to(device)).cpu() for i in range(0, len(images), batch)]).numpy()
+        scores = torch.cat([ensemble(chunk.to(device)).cpu()
+                            for chunk in progress_batches(images, batch, "controllability scoring")]).numpy()
     positive = target >= 0.5
     auc = float(roc_auc_score(positive, scores)) if 0 < positive.sum() < len(positive) else float("nan")
     result = {"controllability_spearman": spearman(target, scores), "controllability_auc": auc,
