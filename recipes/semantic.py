@@ -17,7 +17,7 @@ from data.monuseg import MATCH_POOL, LayoutPatches, match_struct_partners, shape
 from recipes.base import InferenceFlag, LoadedModel, RenderContext
 from recipes.diffusion_base import DIFFUSION_OPTIONS, DiffusionRecipe, diffusion_settings, unet_config
 from recipes.render import make_recorder, sampling_choice, save_trajectory
-from recipes.synthesis import MASK_ORDERS, SynthesisJob, synthesise
+from recipes.synthesis import GRID_SAMPLES, MASK_ORDERS, SynthesisJob, synthesise
 
 MATCH_POOL_OTHERS = MATCH_POOL - 1
 SDM_OPTIONS = (
@@ -142,4 +142,6 @@ def render_synthesis(ctx: RenderContext) -> None:
 
     staged_folder(out, write)
     print(f"{count['n']} tiles from {len(ctx.checkpoints)} checkpoint(s) x guidance {scales} into {out}: images/, labels/, inst_masks/, cond/")
-    print(f"pictures: {out / 'grid.png'} (layout | generated | real); list: {out / 'samples.csv'}")
+    shown = min(num_samples, GRID_SAMPLES)
+    print(f"pictures: {out / 'grid.png'} (first {shown} samples: layout | generated per checkpoint and guidance scale | real); "
+          f"list: {out / 'samples.csv'}")

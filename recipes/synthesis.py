@@ -21,6 +21,10 @@ from diffusion.sampling import SamplingSpec
 from common.figures import labelled_grid, to_uint8
 
 MASK_ORDERS = ("random", "shuffle", "in_order")
+# Samples (rows) shown in grid.png, each with its layout, every checkpoint x guidance scale, and the real tile.
+GRID_SAMPLES = 16
+# Tiles are enlarged in grid.png to about this many pixels (32 px x4, 64 px x2, 128 px and larger x1).
+GRID_TILE_PX = 128
 
 
 def mask_order(count: int, num_samples: int, order: str, seed: int) -> list[int]:
@@ -59,7 +63,7 @@ def synthesise(
     seed: int,
     device: torch.device,
     folder: Path,
-    grid_rows: int = 8,
+    grid_samples: int = GRID_SAMPLES,
     callback: Callable | None = None,
 ) -> int:
     """Generate num_samples tiles per (checkpoint, guidance scale) into folder; returns the number written.
@@ -69,11 +73,13 @@ def synthesise(
     for sub in ("images", "labels", "inst_masks", "cond"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     picks = mask_order(len(layouts), num_samples, order, seed)
-    rows, grid = [], []
+    rows: list[dict] = []
+    shown: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    generated: dict[tuple[int, int], list[torch.Tensor]] = {}
     total = len(jobs) * len(scales) * num_samples
     bar = tqdm(total=total, desc="synthesis")
     for j, job in enumerate(jobs):
-        for scale in scales:
+        for s, scale in enumerate(scales):
             generator = torch.Generator(device=device).manual_seed(seed)
             for first in range(0, num_samples, batch_size):
                 batch = [layouts[i] for i in picks[first : first + batch_size]]
@@ -90,14 +96,28 @@ def synthesise(
                     picture = maps_to_picture(sample["semantic"].numpy(), layouts.maps)
                     save_sample(folder, name, image, inst, picture)
                     rows.append({"file": f"{name}.png", "layout": sample["meta"]["name"], "checkpoint": job.label, "s": scale, "seed": seed})
-                    if len(grid) < grid_rows:
-                        grid.append((torch.from_numpy(picture).permute(2, 0, 1).float() / 127.5 - 1, image, sample["image"]))
+                    if index < grid_samples:
+                        shown.setdefault(index, (torch.from_numpy(picture).permute(2, 0, 1).float() / 127.5 - 1, sample["image"]))
+                        generated.setdefault((j, s), []).append(image)
                 bar.update(len(batch))
     bar.close()
     with (folder / "samples.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["file", "layout", "checkpoint", "s", "seed"])
         writer.writeheader()
         writer.writerows(rows)
-    captions = [["layout", "generated", "real"]] * len(grid)
-    labelled_grid([list(r) for r in grid], captions, scale=2 if grid[0][1].shape[-1] <= 64 else 1, caption_lines=1).save(folder / "grid.png")
+    synthesis_grid(shown, generated, [job.label for job in jobs], scales).save(folder / "grid.png")
     return len(rows)
+
+
+def synthesis_grid(shown: dict[int, tuple[torch.Tensor, torch.Tensor]], generated: dict[tuple[int, int], list[torch.Tensor]],
+                   labels: list[str], scales: list[float]) -> Image.Image:
+    """One row per sample: layout | generated at each (checkpoint, guidance scale) | real, columns captioned."""
+    columns = sorted(generated)
+    names = [f"generated s={scales[s]:g}" if len(labels) == 1 else f"{labels[j]} s={scales[s]:g}" for j, s in columns]
+    images, captions = [], []
+    for index in sorted(shown):
+        layout, real = shown[index]
+        images.append([layout] + [generated[column][index] for column in columns] + [real])
+        captions.append(["layout"] + names + ["real"])
+    scale = max(1, GRID_TILE_PX // images[0][0].shape[-1])
+    return labelled_grid(images, captions, scale=scale, caption_lines=1)

@@ -12,4 +12,6 @@ done
 "$py" inference.py --diffusion_ckpt runs/demo/diffusion_synthetic/last.pt \
   --classifier_ckpts runs/demo/resnet/ --condition_values 0:1:6 --num_sequences 8 \
   --sampler ddim --steps 50 --cfg_scale 2 --out_dir runs/demo/transitions --overwrite
+"$py" scripts/verdict.py runs/demo/transitions/summary.csv spearman --at_least 0.9 \
+  --what "Spearman correlation of ensemble score and condition" || true
 echo "to run the README's python commands in this environment: source scripts/env.sh"

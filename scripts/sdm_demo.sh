@@ -20,4 +20,6 @@ segmenter=$(ls -d "$out"/downstream_runs/real_*_seed_0/ratio_0/segmentation_seg_
 "$py" -m tools.evaluate --metrics layout_dice --fake "$out/sdm_samples" --segmenter "$segmenter/last.pt" \
   --out "$out/layout_dice.json" --overwrite
 echo "pictures: $out/sdm_samples/grid.png, $out/downstream.png; numbers: $out/downstream_summary.csv, $out/layout_dice.json"
+"$py" scripts/verdict.py "$out/layout_dice.json" layout_dice --at_least 0.8 \
+  --what "layout Dice of the generated tiles" || true
 echo "to run the README's python commands in this environment: source scripts/env.sh"

@@ -138,7 +138,7 @@ def structural_metrics(real: ImageSet, fake: ImageSet, names: Sequence[str], pai
     out: dict[str, float] = {}
     for name in names:
         total = len(matched[0]) if matched is not None else pairs
-        with tqdm(total=total, desc=f"{name} {'paired' if matched is not None else 'random'} pairs", unit="pair") as bar:
+        with tqdm(total=total, desc=f"{name}, {'pairs by file name' if matched is not None else 'random pairs'}", unit="pair") as bar:
             on_device = counted(lambda x, y, fn=fns[name]: fn(x.to(device), y.to(device)).float().cpu(), bar)
             if matched is not None:
                 scores = paired_scores(matched[0], matched[1], on_device, batch_size=batch)
