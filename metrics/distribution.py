@@ -43,7 +43,8 @@ def frechet_distance(
 
     When the matrix square root of the product is not finite or scipy finds the product singular, eps * I is
     added to both covariances and the root taken again, with a one-line note on stderr (as pytorch-fid and
-    clean-fid do); imaginary parts left by rounding are dropped, larger ones are an error.
+    clean-fid do; the traces are then those of the offset covariances too, so identical sets still score 0);
+    imaginary parts left by rounding are dropped, larger ones are an error.
     """
     mu1, mu2 = (np.atleast_1d(np.asarray(mu, dtype=np.float64)) for mu in (mu1, mu2))
     sigma1, sigma2 = (np.atleast_2d(np.asarray(sigma, dtype=np.float64)) for sigma in (sigma1, sigma2))
@@ -57,7 +58,8 @@ def frechet_distance(
     if singular or not np.isfinite(root).all():
         print(SINGULAR_NOTE.format(eps=eps), file=sys.stderr)
         offset = eps * np.eye(dim)
-        root, _ = _quiet_sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        sigma1, sigma2 = sigma1 + offset, sigma2 + offset
+        root, _ = _quiet_sqrtm(sigma1 @ sigma2)
     if np.iscomplexobj(root):
         largest = np.abs(np.diagonal(root).imag).max()
         if largest > IMAGINARY_TOLERANCE:

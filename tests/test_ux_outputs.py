@@ -3,7 +3,6 @@ Frechet distance on near-singular covariances, and the grid.png pictures of --pa
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -145,6 +144,12 @@ def test_frechet_rank_deficient_is_finite_quiet_and_noted(capsys):
     assert [str(w.message) for w in caught] == []
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "near-singular" in err and "1e-06 * I" in err and "pytorch-fid" in err
+
+
+def test_frechet_of_identical_rank_deficient_sets_stays_zero(capsys):
+    mu, sigma = statistics(5, 200, 0)
+    assert distribution.frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-6)
+    assert "near-singular" in capsys.readouterr().err
 
 
 # ---- 4. grid.png of --paired LDM tiles ----

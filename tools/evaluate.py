@@ -42,7 +42,7 @@ from tools.evaluation import (
     style_outputs,
     write_style_outputs,
 )
-from common.runtime import pick_device
+from common.runtime import pick_device, set_threads
 
 NO_IMAGE_SET_METRICS = {"nll", "controllability", "style_distance", "layout_dice"}
 
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=number(int, 0), default=0, help="seed of random pairs and KID subsets (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=number(int, 1), help="CPU threads of PyTorch's operators (default: "
+                   "OMP_NUM_THREADS, else one per physical core)")
     return p
 
 
@@ -148,6 +150,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check(args, metrics)
     convention = ssim_convention(args.metric_preset, args.ssim_window, args.ssim_gaussian, args.ssim_sample_covariance)
     device = pick_device(args.device)
+    set_threads(args.threads)
     targets = read_targets(args.targets) if "controllability" in metrics else None
     distribution = [m for m in ("fid", "kid", "pr") if m in metrics]
     network = feature_network(args.inception_weights, args.features, device) if distribution else None
