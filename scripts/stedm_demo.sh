@@ -31,4 +31,6 @@ done
 "$py" -m tools.compare_segmentation --runs real="$out/scores_real" real+synthetic="$out/scores_real_syn" \
   stain_augmentation="$out/scores_stain" --out "$out/downstream.csv" --overwrite
 echo "pictures: $out/synthetic/grid.png, $out/downstream.png, $out/synthetic/style_distance.png"
+"$py" scripts/verdict.py "$out/layout_adherence/test_metrics.json" dice --at_least 0.8 \
+  --what "layout Dice of the generated tiles (real-only segmenter)" || true
 echo "to run the README's python commands in this environment: source scripts/env.sh"
