@@ -7,7 +7,9 @@ python benchmarks/bench_transitions.py --ckpt runs/demo/diffusion_synthetic/last
     1000 ancestral steps, the conditional and the unconditional pass as two forward calls per step;
 (b) ours, DDIM-50; (c) ours, DPM-Solver++ (2M) at 10, 15 and 20 steps (and whatever --methods adds): every
     condition value of a batch of sequences in one batch, guidance in one batched pass.
-The reference is 1000-step ancestral sampling (ours, batched: the same sampler as (a)) on --sequences sequences.
+The reference is 1000-step ancestral sampling (ours, batched: the same sampler as (a)) on --sequences sequences,
+or with --reference ddim the probability-flow ODE solved with 1000 DDIM steps from the same starting noise as the
+ODE methods (so their differences to it carry no sampling noise).
 Each method is scored by the ensemble; its error is the largest difference over condition values between its
 mean score and the reference's. The reference's own sampling error is the same difference between its two
 halves. Writes results.csv, curves.csv and curves.png into --out and prints one JSON line.
@@ -113,6 +115,9 @@ def main() -> None:
                    help="sequences run with the original procedure for its time per sequence (default 2; 0 skips it)")
     p.add_argument("--conditions", default="0:1:8", help="condition values, '0,0.5,1' or start:stop:count (default 0:1:8)")
     p.add_argument("--cfg_scale", type=number(float, 0), default=2.0, help="guidance scale (default 2)")
+    p.add_argument("--reference", choices=("ddpm", "ddim"), default="ddpm",
+                   help="reference sampler over all T steps: ddpm (ancestral, the original's; default) or ddim (the "
+                        "probability-flow ODE solved finely: from the same noise, so differences to it are paired)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"sampler:steps list (default {DEFAULT_METHODS})")
     p.add_argument("--batch_size", type=number(int, 1), default=8, help="sequences per batch of our samplers (default 8)")
     p.add_argument("--seed", type=number(int, 0), default=0)
@@ -137,13 +142,13 @@ def main() -> None:
         synchronize(device)
         return mean_scores(ensemble, images, device), (time.perf_counter() - tic) / args.sequences
 
-    reference, reference_time = timed(SamplingSpec("ddpm", diffusion.num_timesteps, cfg_scale=args.cfg_scale))
+    reference, reference_time = timed(SamplingSpec(args.reference, diffusion.num_timesteps, cfg_scale=args.cfg_scale))
     half = args.sequences // 2
     reference_curve = reference.mean(0)
-    rows = [{"method": f"reference: ddpm-{diffusion.num_timesteps}, ours (batched)", "steps": diffusion.num_timesteps,
+    rows = [{"method": f"reference: {args.reference}-{diffusion.num_timesteps}, ours (batched)", "steps": diffusion.num_timesteps,
              "s_per_sequence": reference_time, "max_score_difference": float(np.abs(reference[:half].mean(0) - reference[half:].mean(0)).max()),
              "note": "its difference is between its two halves: the reference's own sampling error"}]
-    curves = {"reference ddpm-1000": reference_curve}
+    curves = {f"reference {args.reference}-{diffusion.num_timesteps}": reference_curve}
     original_time = None
     if args.original_sequences:
         synchronize(device)

@@ -31,12 +31,13 @@ def run(script: str, *argv: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_bench_transitions_compares_every_method_with_the_reference(trained, tmp_path):
+@pytest.mark.parametrize("reference", ["ddpm", "ddim"])
+def test_bench_transitions_compares_every_method_with_the_reference(trained, tmp_path, reference):
     result = run("bench_transitions.py", "--ckpt", str(trained["diffusion"]), "--classifier_ckpts", str(trained["resnet"]),
                  "--sequences", "2", "--original_sequences", "1", "--conditions", "0,1", "--methods", "dpmpp_2m:5,ddim:5",
-                 "--out", str(tmp_path / "out"))
+                 "--reference", reference, "--out", str(tmp_path / "out"))
     methods = [row["method"] for row in result["results"]]
-    assert methods[0].startswith("reference: ddpm-50") and methods[1].startswith("original procedure")
+    assert methods[0].startswith(f"reference: {reference}-50") and methods[1].startswith("original procedure")
     assert methods[2:] == ["dpmpp_2m-5", "ddim-5"]
     assert all(0 <= row["max_score_difference"] <= 1 for row in result["results"])
     assert all(row["speedup_vs_original"] > 0 for row in result["results"])
