@@ -15,8 +15,8 @@ import yaml
 from common.checkpoint import newest_checkpoint
 from common.cli import run_main
 from common.errors import ConfigError
-from common.files import check_replaceable, check_writable_output, remove_ours, write_text_atomic
-from common.run_folder import RunLock, check_inside, check_name_part, open_existing_run, open_new_run
+from common.files import check_writable_output, remove_ours, write_text_atomic
+from common.run_folder import RunLock, check_name_part, check_new_run_dir, open_existing_run, open_new_run
 from common.runtime import init_distributed, is_main, pick_device, set_threads
 from dataloader import build_dataloaders
 from model import OPTIONS, check_stored_config, recipe_for, resolve_config, run_dir_for
@@ -49,16 +49,8 @@ def check_new_run(config: dict[str, Any], run_dir: Path) -> None:
     refused unless --overwrite may replace it."""
     if config.get("date"):
         check_name_part(str(config["date"]), "--date")
-    out_dir = Path(config["out_dir"])
-    if run_dir.is_symlink():
-        raise ConfigError(f"run folder {run_dir} is a symbolic link; the toolkit creates run folders itself")
-    check_inside(run_dir, out_dir)
-    check_writable_output(out_dir, "--out_dir")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not config["overwrite"]:
-            raise ConfigError(f"run folder {run_dir} already exists; pass --overwrite to replace it or --resume "
-                              f"{run_dir} to continue")
-        check_replaceable(run_dir, "--overwrite: run folder", inputs_of(config))
+    check_new_run_dir(run_dir, Path(config["out_dir"]), config["overwrite"], inputs_of(config))
+    check_writable_output(Path(config["out_dir"]), "--out_dir")
 
 
 def inputs_of(config: dict[str, Any]) -> list[Path]:

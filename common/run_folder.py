@@ -92,16 +92,24 @@ class RunLock:
         self.fd = None
 
 
-def open_new_run(run_dir: Path, out_dir: Path, overwrite: bool, keep: list[Path], what: str) -> RunLock:
-    """Create `run_dir` exclusively (replacing a folder the toolkit wrote when `overwrite`), mark it and lock it."""
-    check_inside(run_dir, out_dir)
+def check_new_run_dir(run_dir: Path, out_dir: Path, overwrite: bool, keep: list[Path]) -> bool:
+    """Whether `run_dir` holds an earlier run that --overwrite may replace; ConfigError when it is a link, lies
+    outside `out_dir`, or is taken without --overwrite (or not replaceable)."""
     if run_dir.is_symlink():
         raise ConfigError(f"run folder {run_dir} is a symbolic link; the toolkit creates run folders itself")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"run folder {run_dir} already exists; pass --overwrite to replace it or --resume "
-                              f"{run_dir} to continue")
-        check_replaceable(run_dir, "--overwrite: run folder", keep)
+    check_inside(run_dir, out_dir)
+    if not (run_dir.exists() and any(run_dir.iterdir())):
+        return False
+    if not overwrite:
+        raise ConfigError(f"run folder {run_dir} already exists; pass --overwrite to replace it or --resume "
+                          f"{run_dir} to continue")
+    check_replaceable(run_dir, "--overwrite: run folder", keep)
+    return True
+
+
+def open_new_run(run_dir: Path, out_dir: Path, overwrite: bool, keep: list[Path], what: str) -> RunLock:
+    """Create `run_dir` exclusively (replacing a folder the toolkit wrote when `overwrite`), mark it and lock it."""
+    if check_new_run_dir(run_dir, out_dir, overwrite, keep):
         RunLock(run_dir).acquire().release()  # refuses while a run is using it
         remove_ours(run_dir, "--overwrite: run folder", keep)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
