@@ -15,7 +15,7 @@ DEFAULT_STEPS = 50
 # The sampler and steps each model type renders with when --sampler and --steps are not given: the fewest steps
 # that stayed within tolerance of the 1000-step references (README, "Sampling speed and the defaults").
 DEFAULT_SAMPLING = {"diffusion": ("dpmpp_2m", 15), "sdm": ("dpmpp_2m", 15), "ldm": ("dpmpp_2m", 15),
-                    "stedm": ("dpmpp_2m", 15)}
+                    "stedm": ("dpmpp_2m", 10)}
 
 
 def sampling_choice(args: argparse.Namespace, cfg_scale: float = 1.0, strength: float = 1.0,
