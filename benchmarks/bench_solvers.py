@@ -31,8 +31,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import inference  # noqa: E402
-from common.cli import Parser  # noqa: E402
+from common.cli import Parser, flag_type  # noqa: E402
 from common.files import check_writable_output, save_image_atomic, write_csv_atomic  # noqa: E402
+from diffusion.sampling import parse_methods  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 
 DEFAULT_METHODS = "ddim:50,dpmpp_2m:10,dpmpp_2m:15,dpmpp_2m:20,dpmpp_2m:25"
@@ -94,7 +95,7 @@ def main() -> None:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="an sdm, ldm, stedm or (class / unconditional) diffusion checkpoint")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"sampler:steps list (default {DEFAULT_METHODS})")
+    p.add_argument("--methods", type=flag_type(parse_methods), default=DEFAULT_METHODS, help=f"sampler:steps list (default {DEFAULT_METHODS})")
     p.add_argument("--segmenter", help="segmentation checkpoint for layout_dice (sdm, stedm)")
     p.add_argument("--out", required=True, help="folder for the renders, results.csv and methods.png")
     args = p.parse_args(argv)
@@ -105,10 +106,7 @@ def main() -> None:
     if model_type not in TILES:
         raise SystemExit(f"error: --ckpt {args.ckpt} holds a {model_type} model; expected one of {', '.join(TILES)}")
     pattern, layout_kind = TILES[model_type]
-    methods = [("ddpm", timesteps), ("ddim", timesteps)]
-    for part in (m.strip() for m in args.methods.split(",") if m.strip()):
-        name, _, steps = part.partition(":")
-        methods.append((name, int(steps)))
+    methods = [("ddpm", timesteps), ("ddim", timesteps), *args.methods]
     sets, rows, files = {}, [], {}
     for sampler, steps in methods:
         key = f"{sampler}-{steps}"

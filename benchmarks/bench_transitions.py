@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import Parser  # noqa: E402
+from common.cli import Parser, flag_type  # noqa: E402
 from common.files import check_writable_output, save_figure_atomic, write_csv_atomic  # noqa: E402
 from common.options import number  # noqa: E402
 from diffusion.samplers import ddpm_sample  # noqa: E402
-from diffusion.sampling import SamplingSpec  # noqa: E402
+from diffusion.sampling import SamplingSpec, parse_methods  # noqa: E402
 from model import load_checkpoint, load_ensemble  # noqa: E402
 from recipes.transitions import parse_conditions, render_sequences, score_images  # noqa: E402
 
@@ -78,17 +78,6 @@ def mean_scores(ensemble, images: torch.Tensor, device: torch.device) -> np.ndar
     return probs.view(images.shape[0], images.shape[1]).numpy()
 
 
-def parse_methods(text: str) -> list[tuple[str, int]]:
-    """'ddim:50,dpmpp_2m:10' -> [("ddim", 50), ("dpmpp_2m", 10)]."""
-    methods = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, _, steps = part.partition(":")
-        if not steps.isdigit() or int(steps) < 1:
-            raise SystemExit(f"error: --methods: expected sampler:steps such as dpmpp_2m:15, got {part!r}")
-        methods.append((name, int(steps)))
-    return methods
-
-
 def plot(curves: dict[str, np.ndarray], conditions: list[float], path: Path) -> None:
     import matplotlib
 
@@ -118,7 +107,7 @@ def main() -> None:
     p.add_argument("--reference", choices=("ddpm", "ddim"), default="ddpm",
                    help="reference sampler over all T steps: ddpm (ancestral, the original's; default) or ddim (the "
                         "probability-flow ODE solved finely: from the same noise, so differences to it are paired)")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"sampler:steps list (default {DEFAULT_METHODS})")
+    p.add_argument("--methods", type=flag_type(parse_methods), default=DEFAULT_METHODS, help=f"sampler:steps list (default {DEFAULT_METHODS})")
     p.add_argument("--batch_size", type=number(int, 1), default=8, help="sequences per batch of our samplers (default 8)")
     p.add_argument("--seed", type=number(int, 0), default=0)
     p.add_argument("--out", required=True, help="folder for results.csv, curves.csv and curves.png")
@@ -128,7 +117,7 @@ def main() -> None:
     check_writable_output(out, "--out")
     device = torch.device(args.device)
     conditions = parse_conditions(args.conditions)
-    methods = parse_methods(args.methods)
+    methods = args.methods
     loaded = load_checkpoint(args.ckpt, device)
     ensemble, _ = load_ensemble(args.classifier_ckpts, device, reference=loaded.config)
     size = loaded.model_config["unet"]["image_size"]

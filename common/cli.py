@@ -20,6 +20,19 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`parse` as an argparse type whose ValueError message argparse prints after the flag's name."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
 def user_message(err: BaseException) -> str:
     """The message of a user error; one re-raised from a DataLoader worker is cut down to its original line."""
     text = str(err)

@@ -120,6 +120,22 @@ class SamplingSpec:
         return cls("ddpm", counts[0] if len(counts) == 1 else ",".join(str(count) for count in counts), **fields)
 
 
+def parse_methods(text: str) -> list[tuple[str, int]]:
+    """'ddim:50,dpmpp_2m:10' -> [("ddim", 50), ("dpmpp_2m", 10)]: the sampler:steps lists of the benchmarks.
+
+    ValueError naming the part that is not a known sampler with a positive step count.
+    """
+    methods = []
+    for part in (p.strip() for p in str(text).split(",") if p.strip()):
+        name, _, steps = part.partition(":")
+        if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+            raise ValueError(f"expected sampler:steps such as dpmpp_2m:15 (samplers: {', '.join(SAMPLERS)}), got {part!r}")
+        methods.append((name, int(steps)))
+    if not methods:
+        raise ValueError(f"expected a comma-separated list of sampler:steps, got {text!r}")
+    return methods
+
+
 def sampling_process(diffusion: GaussianDiffusion, spec: SamplingSpec) -> GaussianDiffusion:
     """The process the sampler walks: for ddpm respaced to spec.steps (unless they keep every timestep)."""
     if spec.sampler != "ddpm":

@@ -55,3 +55,25 @@ def test_bench_solvers_measures_distances_to_both_references(trained, tmp_path):
     assert rows["dpmpp_2m_sde-4"]["ode_rmse"] == "" and rows["ddpm-50"]["ode_rmse"] == ""
     assert all(0 <= row["colour_difference"] < 1 for row in rows.values())
     assert (tmp_path / "out" / "methods.png").is_file() and (tmp_path / "out" / "results.csv").is_file()
+
+
+def test_bench_sample_times_every_listed_sampler_for_sdm_tiles():
+    result = run("bench_sample.py", "--model", "sdm", "--image_size", "16", "--dim", "16", "--dim_mults", "1,2",
+                 "--num_res_blocks", "1", "--sequences", "1", "--samplers", "ddim:3,dpmpp_2m:2", "--cfg_scale", "2")
+    assert result["cfg_scale"] == 2.0
+    timed = sorted(key for key in result if key.endswith("_s_per_tile"))
+    assert timed == ["ddim_3_s_per_tile", "dpmpp_2m_2_s_per_tile"] and all(result[key] > 0 for key in timed)
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("bench_sample.py", ["--samplers"]),
+    ("bench_solvers.py", ["--ckpt", "x.pt", "--out", "OUT", "--methods"]),
+    ("bench_transitions.py", ["--ckpt", "x.pt", "--classifier_ckpts", "y", "--out", "OUT", "--methods"]),
+])
+def test_benchmarks_refuse_an_unknown_sampler_naming_the_flag(script, argv, tmp_path):
+    argv = [str(tmp_path / "out") if arg == "OUT" else arg for arg in argv] + ["ddim:5,euler:10"]
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"argument {argv[-2]}: expected sampler:steps" in done.stderr and "'euler:10'" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -23,7 +23,7 @@ from diffusion.dpm_solver import dpm_solver_sample
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.latent import LatentDiffusion
 from diffusion.samplers import ddim_sample, ddpm_sample
-from diffusion.sampling import DPM_SOLVERS, SamplingSpec, sample
+from diffusion.sampling import DPM_SOLVERS, SamplingSpec, parse_methods, sample
 from diffusion.unet import UNet
 from recipes import synthesis
 from recipes.latents import sample_tiles
@@ -337,6 +337,13 @@ def test_each_model_type_renders_with_its_default_sampler(model_type):
     other = "ddpm" if sampler != "ddpm" else "ddim"
     assert sampling_choice(cli(sampler=other), checkpoints=[loaded_stub(model_type)]).steps == 50
     assert sampling_choice(cli(), checkpoints=[loaded_stub(model_type, timesteps=5)]).steps == 5
+
+
+def test_parse_methods_reads_sampler_steps_lists():
+    assert parse_methods(" ddim:50, dpmpp_2m:10 ,ddpm:1000") == [("ddim", 50), ("dpmpp_2m", 10), ("ddpm", 1000)]
+    for bad in ("ddim", "ddim:0", "euler:10", "ddim:5,dpmpp_2m:x", ""):
+        with pytest.raises(ValueError, match="sampler:steps"):
+            parse_methods(bad)
 
 
 def test_step_spacing_is_only_for_dpm_solver():
