@@ -1,5 +1,8 @@
 """Training throughput (images/s), model FLOPs per image and MFU of the diffusion UNets on random data. One JSON line.
 
+--model ldm trains the latent UNet on cached latents, as the KPC recipe does (--image_size is the latents' side):
+no autoencoder runs in its training step.
+
 MFU is the achieved FLOP/s (FLOPs of one forward+backward counted by FlopCounterMode, per image, times images/s)
 over a matmul peak measured in the same run: a large torch.matmul in the training dtype (fp32, or bf16 / fp16
 with --precision) timed on the device.
@@ -7,6 +10,8 @@ with --precision) timed on the device.
 python benchmarks/bench_train.py --dim 64 --dim_mults 1,2,4 --batch_size 32 --steps 20          (canine, 64 px)
 python benchmarks/bench_train.py --model sdm --image_size 128 --dim 128 --dim_mults 1,1,2,2,4 \
     --attention_resolutions 32,16,8 --num_head_channels 64 --batch_size 16                       (MoNuSeg SDM, 128 px)
+python benchmarks/bench_train.py --model ldm --image_size 32 --latent_channels 4 --dim 192 --dim_mults 1,2,4 \
+    --attention_resolutions 16,8 --batch_size 64                           (KPC LDM: 128 px tiles, 32 x 32 x 4 latents)
 """
 from __future__ import annotations
 
@@ -37,7 +42,21 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
     if args.model == "sdm":
         return UNet(**common, out_channels=6, conditions=["semantic"], cond_drop_prob=0.2,
                     semantic_channels=SEMANTIC_CHANNELS, spade_hidden=args.spade_hidden, resblock_updown=True)
+    if args.model == "ldm":
+        return UNet(**common, in_channels=args.latent_channels, out_channels=args.latent_channels, conditions=["label"],
+                    num_labels=args.num_labels)
     return UNet(**common)
+
+
+def batch(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Random training data of the model type: images (latents for ldm) in [-1, 1] and their condition."""
+    channels = args.latent_channels if args.model == "ldm" else 3
+    x0 = torch.rand(args.batch_size, channels, args.image_size, args.image_size, device=device) * 2 - 1
+    if args.model == "sdm":
+        return x0, {"semantic": torch.rand(args.batch_size, SEMANTIC_CHANNELS, args.image_size, args.image_size, device=device)}
+    if args.model == "ldm":
+        return x0, {"label": torch.randint(0, args.num_labels, (args.batch_size,), device=device)}
+    return x0, {"score": torch.rand(args.batch_size, device=device)}
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, min_seconds: float = 0.5) -> float:
@@ -72,14 +91,17 @@ def count_step_flops(loss_fn: Callable[[], torch.Tensor], parameters: Iterable[t
 
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=("diffusion", "sdm"), default="diffusion", help="score UNet or SDM (SPADE, learned sigma)")
-    p.add_argument("--image_size", type=int, default=64)
+    p.add_argument("--model", choices=("diffusion", "sdm", "ldm"), default="diffusion",
+                   help="score UNet, SDM (SPADE, learned sigma) or the cluster-conditioned latent UNet")
+    p.add_argument("--image_size", type=int, default=64, help="side of the training images (ldm: of the latents)")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--dim_mults", type=int_list, default=[1, 2, 4])
     p.add_argument("--num_res_blocks", type=int, default=2)
     p.add_argument("--attention_resolutions", type=int_list, default=[16])
     p.add_argument("--num_head_channels", type=int, default=32)
     p.add_argument("--spade_hidden", type=int, default=128, help="sdm: hidden channels of the SPADE blocks")
+    p.add_argument("--latent_channels", type=int, default=4, help="ldm: channels of the autoencoder's latents")
+    p.add_argument("--num_labels", type=int, default=12, help="ldm: cluster labels the UNet embeds")
     p.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
@@ -101,11 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     net = torch.compile(model) if args.compile else model
     diffusion = GaussianDiffusion.from_config("cosine", 1000, learn_sigma=args.model == "sdm")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
-    x0 = (torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device) * 2 - 1).to(memory_format=fmt)
-    if args.model == "sdm":
-        cond = {"semantic": torch.rand(args.batch_size, SEMANTIC_CHANNELS, args.image_size, args.image_size, device=device)}
-    else:
-        cond = {"score": torch.rand(args.batch_size, device=device)}
+    x0, cond = batch(args, device)
+    x0 = x0.to(memory_format=fmt)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
 
