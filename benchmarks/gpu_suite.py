@@ -33,6 +33,7 @@ from common.cli import Parser, run_main  # noqa: E402
 from common.files import check_writable_output, write_text_atomic  # noqa: E402
 
 RESULT_FILE = "gpu_suite.json"
+MFU_GOAL = 0.40  # of the bf16 dense peak, canine UNet training
 TOTAL_BUDGET_S = 465
 SAMPLER = "dpmpp_2m"
 CMU_SLIDE = HERE.parent.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -234,6 +235,29 @@ def run_part(part: Part, smoke: bool, timeout: float) -> dict[str, Any]:
     return {**record, "status": "ok", "result": result}
 
 
+def result_of(report: dict[str, Any], name: str) -> dict[str, Any] | None:
+    part = report["parts"].get(name, {})
+    return part.get("result") if part.get("status") == "ok" else None
+
+
+def goals(report: dict[str, Any]) -> dict[str, Any]:
+    """The suite's goals, judged from its parts (None where a part they need did not finish): the canine UNet's
+    training MFU against the bf16 dense peak, and the WSI loader against the canine training it would feed (the
+    slowest worker-process reading of the real slide (of the synthetic slides where it is absent), in patches/s,
+    over the training images/s)."""
+    canine, wsi = result_of(report, "train_canine"), result_of(report, "wsi_patches")
+    mfu = canine["mfu"] if canine else None
+    reads = [row["patches_per_s"] for row in (wsi or {}).get("results", [])
+             if row.get("slides") == "cmu_svs" and "workers" in row] or \
+        [row["patches_per_s"] for row in (wsi or {}).get("results", []) if "workers" in row]
+    ratio = min(reads) / canine["images_per_s"] if canine and reads else None
+    return {
+        "canine_mfu": mfu, "canine_mfu_goal": MFU_GOAL, "canine_mfu_met": None if mfu is None else mfu >= MFU_GOAL,
+        "wsi_patches_per_training_image": None if ratio is None else round(ratio, 2),
+        "wsi_not_the_bottleneck": None if ratio is None else ratio >= 1.0,
+    }
+
+
 def write_report(out_dir: Path, report: dict[str, Any]) -> None:
     write_text_atomic(out_dir / RESULT_FILE, json.dumps(report, indent=2) + "\n")
 
@@ -253,6 +277,7 @@ def run_suite(out_dir: Path, smoke: bool) -> dict[str, Any]:
         report["total_seconds"] = round(time.perf_counter() - started, 1)
         write_report(out_dir, report)
     report["failed_parts"] = [name for name, rec in report["parts"].items() if rec["status"] != "ok"]
+    report["goals"] = goals(report)
     write_report(out_dir, report)
     return report
 

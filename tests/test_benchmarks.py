@@ -60,6 +60,31 @@ def test_smoke_run_writes_every_part_and_key(tmp_path):
     assert canine["model_gflop_per_image"] > 0 and 0 < canine["mfu"] < 1
     sampling = report["parts"]["sample_transitions"]["result"]
     assert sampling["sampler"] == "dpmpp_2m" and sampling["steps"] == 15 and sampling["cfg_scale"] == 2.0
+    assert report["goals"]["canine_mfu"] == canine["mfu"] and isinstance(report["goals"]["canine_mfu_met"], bool)
+    assert report["goals"]["wsi_patches_per_training_image"] > 0
+
+
+def ok(result: dict) -> dict:
+    return {"status": "ok", "result": result}
+
+
+@pytest.mark.parametrize("mfu, cmu_rates, met, not_bottleneck", [
+    (0.45, [900.0, 1200.0], True, True),
+    (0.30, [400.0, 1200.0], False, False),
+])
+def test_goals_judge_mfu_and_the_slowest_real_slide_reading(mfu, cmu_rates, met, not_bottleneck):
+    wsi = [{"slides": "synthetic", "workers": 16, "patches_per_s": 1.0}]
+    wsi += [{"slides": "cmu_svs", "workers": 16, "patches_per_s": rate} for rate in cmu_rates]
+    report = {"parts": {"train_canine": ok({"mfu": mfu, "images_per_s": 500.0}), "wsi_patches": ok({"results": wsi})}}
+    goals = load_suite().goals(report)
+    assert goals["canine_mfu_met"] is met and goals["wsi_not_the_bottleneck"] is not_bottleneck
+    assert goals["wsi_patches_per_training_image"] == round(min(cmu_rates) / 500.0, 2)
+
+
+def test_goals_are_open_when_their_parts_failed():
+    report = {"parts": {"train_canine": {"status": "timeout"}, "wsi_patches": ok({"results": []})}}
+    goals = load_suite().goals(report)
+    assert goals["canine_mfu_met"] is None and goals["wsi_not_the_bottleneck"] is None
 
 
 def test_failing_and_slow_parts_are_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
