@@ -16,6 +16,8 @@ renders the same tiles; against two references (T is the checkpoint's --timestep
   halves (its own sampling error);
 - layout_dice (with --segmenter, for sdm and stedm outputs): a segmentation checkpoint segments the tiles and its
   nucleus mask is compared with the layout (the mean Dice over tiles).
+Where the tiles come in one subfolder per cluster or class (ldm, label diffusion), both distances are also taken
+within each cluster (results_per_cluster.csv) and results.csv adds the worst cluster's.
 Writes results.csv and a grid of the first tiles of every method (methods.png) into --out; prints one JSON line.
 """
 from __future__ import annotations
@@ -55,6 +57,24 @@ def colour_difference(a: np.ndarray, b: np.ndarray) -> float:
     mean = np.abs(a.mean(axis=(0, 1, 2)) - b.mean(axis=(0, 1, 2)))
     std = np.abs(a.std(axis=(0, 1, 2)) - b.std(axis=(0, 1, 2)))
     return float(max(mean.max(), std.max()))
+
+
+def distances(tiles: np.ndarray, reference: np.ndarray, ode: np.ndarray, is_reference: bool, deterministic: bool) -> dict:
+    """ode_rmse (deterministic samplers) and colour_difference of one tile set; for the ancestral reference itself,
+    the colour difference between its two halves."""
+    if is_reference:
+        half = len(reference) // 2
+        colour = colour_difference(reference[:half], reference[half:])
+    else:
+        colour = colour_difference(tiles, reference)
+    rmse = round(float(np.sqrt(((tiles - ode) ** 2).mean())), 4) if deterministic else ""
+    return {"ode_rmse": rmse, "colour_difference": round(colour, 4)}
+
+
+def cluster_groups(files: list[Path], folder: Path) -> dict[str, np.ndarray]:
+    """Indices of the tiles in each subfolder of a render (one per cluster or class for ldm and label diffusion)."""
+    names = [str(path.parent.relative_to(folder)) for path in files]
+    return {name: np.array([i for i, n in enumerate(names) if n == name]) for name in sorted(set(names))}
 
 
 def layout_dice(segmenter: str, files: list[Path], layout_kind: str) -> float:
@@ -113,21 +133,33 @@ def main() -> None:
         seconds = render(args.ckpt, sampler, steps, out / key, extra)
         files[key], sets[key] = read_tiles(out / key, pattern)
         rows.append({"method": key, "steps": steps, "s_per_tile": round(seconds / len(sets[key]), 4)})
-    reference, ode = sets[f"ddpm-{timesteps}"], sets[f"ddim-{timesteps}"]
-    half = len(reference) // 2
+    reference_key = f"ddpm-{timesteps}"
+    names = {key: [path.relative_to(out / key) for path in paths] for key, paths in files.items()}
+    if any(listed != names[reference_key] for listed in names.values()):
+        raise SystemExit("error: the methods rendered different tiles; pass the same options to every run after --")
+    reference, ode = sets[reference_key], sets[f"ddim-{timesteps}"]
+    groups = cluster_groups(files[reference_key], out / reference_key)
+    per_cluster = []
     for row in rows:
-        tiles = sets[row["method"]]
-        if row["method"] == f"ddpm-{timesteps}":
-            row["colour_difference"] = round(colour_difference(reference[:half], reference[half:]), 4)
-            row["note"] = "colour_difference between its two halves: the reference's own sampling error"
-        else:
-            row["colour_difference"] = round(colour_difference(tiles, reference), 4)
-            row["note"] = ""
-        deterministic = row["method"].split("-")[0] in DETERMINISTIC
-        row["ode_rmse"] = round(float(np.sqrt(((tiles - ode) ** 2).mean())), 4) if deterministic else ""
+        tiles, key = sets[row["method"]], row["method"]
+        deterministic = key.split("-")[0] in DETERMINISTIC
+        row.update(distances(tiles, reference, ode, key == reference_key, deterministic))
+        row["note"] = "colour_difference between its two halves: the reference's own sampling error" if key == reference_key else ""
+        if len(groups) > 1:
+            cluster_rows = [{"method": key, "cluster": name, "tiles": len(index),
+                             **distances(tiles[index], reference[index], ode[index], key == reference_key, deterministic)}
+                            for name, index in groups.items()]
+            per_cluster += cluster_rows
+            for metric in ("ode_rmse", "colour_difference"):
+                values = [r[metric] for r in cluster_rows if r[metric] != ""]
+                row[f"worst_cluster_{metric}"] = max(values) if values else ""
         if args.segmenter and layout_kind:
-            row["layout_dice"] = round(layout_dice(args.segmenter, files[row["method"]], layout_kind), 4)
-    columns = ["method", "steps", "s_per_tile", "ode_rmse", "colour_difference"] + (["layout_dice"] if args.segmenter and layout_kind else []) + ["note"]
+            row["layout_dice"] = round(layout_dice(args.segmenter, files[key], layout_kind), 4)
+    columns = ["method", "steps", "s_per_tile", "ode_rmse", "colour_difference"]
+    columns += ["worst_cluster_ode_rmse", "worst_cluster_colour_difference"] if len(groups) > 1 else []
+    columns += (["layout_dice"] if args.segmenter and layout_kind else []) + ["note"]
+    if per_cluster:
+        write_csv_atomic(out / "results_per_cluster.csv", ["method", "cluster", "tiles", "ode_rmse", "colour_difference"], per_cluster)
     write_csv_atomic(out / "results.csv", columns, rows)
     picture(sets, out / "methods.png")
     print(json.dumps({"benchmark": "solvers", "model_type": model_type, "ckpt": args.ckpt, "tiles": len(reference),

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import train
@@ -55,6 +56,28 @@ def test_bench_solvers_measures_distances_to_both_references(trained, tmp_path):
     assert rows["dpmpp_2m_sde-4"]["ode_rmse"] == "" and rows["ddpm-50"]["ode_rmse"] == ""
     assert all(0 <= row["colour_difference"] < 1 for row in rows.values())
     assert (tmp_path / "out" / "methods.png").is_file() and (tmp_path / "out" / "results.csv").is_file()
+    assert not (tmp_path / "out" / "results_per_cluster.csv").exists()  # one folder of tiles: no clusters
+
+
+def test_bench_solvers_measures_every_class_of_a_label_model_on_its_own(tmp_path):
+    from test_evaluate import TINY_PCAM, argv
+
+    run_dir = train.run(argv({**TINY_PCAM, "data_root": tmp_path / "data", "out_dir": tmp_path / "runs",
+                              "conditions": "label", "timesteps": 30}))
+    out = tmp_path / "out"
+    result = run("bench_solvers.py", "--ckpt", str(run_dir / "last.pt"), "--methods", "dpmpp_2m:3", "--out", str(out),
+                 "--", "--num_per_class", "4", "--cfg_scale", "2")
+    with open(out / "results_per_cluster.csv") as fh:
+        clusters = list(csv.DictReader(fh))
+    assert [(r["method"], r["cluster"], r["tiles"]) for r in clusters] == [
+        (m, c, "4") for m in ("ddpm-30", "ddim-30", "dpmpp_2m-3") for c in ("class_00", "class_01")]
+    solver = result["results"][2]
+    within = [float(r["ode_rmse"]) for r in clusters if r["method"] == "dpmpp_2m-3"]
+    # Equal clusters: the squared RMSE over all tiles is the mean of the clusters' squared RMSEs.
+    assert solver["ode_rmse"] == pytest.approx(float(np.sqrt(np.mean(np.square(within)))), abs=2e-4)
+    assert solver["worst_cluster_ode_rmse"] == max(within) > 0
+    colours = [float(r["colour_difference"]) for r in clusters if r["method"] == "dpmpp_2m-3"]
+    assert solver["worst_cluster_colour_difference"] == max(colours)
 
 
 def test_bench_sample_times_every_listed_sampler_for_sdm_tiles():
