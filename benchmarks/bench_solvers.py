@@ -71,10 +71,13 @@ def distances(tiles: np.ndarray, reference: np.ndarray, ode: np.ndarray, is_refe
     return {"ode_rmse": rmse, "colour_difference": round(colour, 4)}
 
 
-def cluster_groups(files: list[Path], folder: Path) -> dict[str, np.ndarray]:
-    """Indices of the tiles in each subfolder of a render (one per cluster or class for ldm and label diffusion)."""
-    names = [str(path.parent.relative_to(folder)) for path in files]
-    return {name: np.array([i for i, n in enumerate(names) if n == name]) for name in sorted(set(names))}
+def cluster_groups(names: list[Path]) -> dict[str, list[int]]:
+    """Indices of the tiles in each subfolder, from their paths relative to the render folder (one subfolder per
+    cluster or class for ldm and label diffusion)."""
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        groups.setdefault(str(name.parent), []).append(index)
+    return dict(sorted(groups.items()))
 
 
 def layout_dice(segmenter: str, files: list[Path], layout_kind: str) -> float:
@@ -138,7 +141,7 @@ def main() -> None:
     if any(listed != names[reference_key] for listed in names.values()):
         raise SystemExit("error: the methods rendered different tiles; pass the same options to every run after --")
     reference, ode = sets[reference_key], sets[f"ddim-{timesteps}"]
-    groups = cluster_groups(files[reference_key], out / reference_key)
+    groups = cluster_groups(names[reference_key])
     per_cluster = []
     for row in rows:
         tiles, key = sets[row["method"]], row["method"]

@@ -12,6 +12,7 @@ import pytest
 
 import train
 from conftest import ROOT, tiny_config
+from test_evaluate import TINY_PCAM, argv
 from test_train import TINY_UNET
 
 
@@ -60,8 +61,6 @@ def test_bench_solvers_measures_distances_to_both_references(trained, tmp_path):
 
 
 def test_bench_solvers_measures_every_class_of_a_label_model_on_its_own(tmp_path):
-    from test_evaluate import TINY_PCAM, argv
-
     run_dir = train.run(argv({**TINY_PCAM, "data_root": tmp_path / "data", "out_dir": tmp_path / "runs",
                               "conditions": "label", "timesteps": 30}))
     out = tmp_path / "out"
