@@ -1,7 +1,7 @@
 """GPU benchmark suite: every part in its own process under a time budget, all results in OUT_DIR/gpu_suite.json.
 
-benchmarks/gpu_suite.sh OUT_DIR            (one CUDA GPU, under 8 minutes)
-benchmarks/gpu_suite.sh OUT_DIR --smoke    (tiny sizes, no torch.compile: checks on a CPU that every part runs)
+benchmarks/gpu_suite.sh OUT_DIR [--slide PATH]   (one CUDA GPU, under 8 minutes)
+benchmarks/gpu_suite.sh OUT_DIR --smoke          (tiny sizes, no torch.compile: checks on a CPU that every part runs)
 
 Parts: environment (GPU name, torch / CUDA versions, bf16 and fp32 matmul peaks), training throughput and MFU of
 the canine UNet (batch 256), the SDM at 128 px and the KPC LDM (on cached 32 x 32 x 4 latents, batch 64), transition-sequence sampling with DPM-Solver++ and
@@ -36,7 +36,6 @@ RESULT_FILE = "gpu_suite.json"
 MFU_GOAL = 0.40  # of the bf16 dense peak, canine UNet training
 TOTAL_BUDGET_S = 465
 SAMPLER = "dpmpp_2m"
-CMU_SLIDE = HERE.parent.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 
 FAST = ["--precision", "bf16", "--channels_last"]
 CANINE = ["--dim", "64", "--dim_mults", "1,2,4"]
@@ -50,12 +49,20 @@ TINY_UNET = ["--image_size", "16", "--dim", "8", "--dim_mults", "1,2", "--num_re
 
 
 @dataclass(frozen=True)
+class Settings:
+    """How the suite runs: tiny sizes on a CPU (smoke) or full sizes, and the real slide the WSI part reads."""
+
+    smoke: bool = False
+    slide: Path | None = None
+
+
+@dataclass(frozen=True)
 class Part:
-    """One benchmark process: its name, time budget (seconds, on a GPU) and command line (full or smoke)."""
+    """One benchmark process: its name, time budget (seconds, on a GPU) and command line for the settings."""
 
     name: str
     budget_s: int
-    argv: Callable[[bool], list[str]]
+    argv: Callable[[Settings], list[str]]
 
 
 def script(name: str, *args: str) -> list[str]:
@@ -66,22 +73,27 @@ def internal(name: str, smoke: bool) -> list[str]:
     return script("gpu_suite.py", "--part", name, *(["--smoke"] if smoke else []))
 
 
+def wsi_argv(settings: Settings) -> list[str]:
+    sizes = ["--patches", "32", "--batch_size", "16", "--workers", "0"] if settings.smoke else \
+        ["--patches", "8000", "--batch_size", "64", "--workers", "16"]
+    slide = ["--slide", str(settings.slide)] if settings.slide is not None else []
+    return script("bench_wsi.py", "--threads", "none", *sizes, *slide)
+
+
 PARTS: tuple[Part, ...] = (
-    Part("environment", 15, lambda smoke: internal("environment", smoke)),
-    Part("train_canine", 120, lambda smoke: script(
-        "bench_train.py", *FAST, *(TINY_UNET + ["--batch_size", "2"] if smoke else
+    Part("environment", 15, lambda s: internal("environment", s.smoke)),
+    Part("train_canine", 120, lambda s: script(
+        "bench_train.py", *FAST, *(TINY_UNET + ["--batch_size", "2"] if s.smoke else
                                    CANINE + ["--batch_size", "256", "--steps", "20", "--warmup", "3", "--compile"]))),
-    Part("train_sdm_128", 125, lambda smoke: script(
-        "bench_train.py", *FAST, *(TINY_UNET + ["--model", "sdm", "--spade_hidden", "8", "--batch_size", "2"] if smoke else
+    Part("train_sdm_128", 125, lambda s: script(
+        "bench_train.py", *FAST, *(TINY_UNET + ["--model", "sdm", "--spade_hidden", "8", "--batch_size", "2"] if s.smoke else
                                    SDM + ["--batch_size", "16", "--steps", "10", "--warmup", "3", "--compile"]))),
-    Part("train_ldm", 80, lambda smoke: script(
-        "bench_train.py", *FAST, *(TINY_UNET + ["--model", "ldm", "--batch_size", "2"] if smoke else
+    Part("train_ldm", 80, lambda s: script(
+        "bench_train.py", *FAST, *(TINY_UNET + ["--model", "ldm", "--batch_size", "2"] if s.smoke else
                                    LDM + ["--batch_size", "64", "--steps", "20", "--warmup", "3", "--compile"]))),
-    Part("sample_transitions", 35, lambda smoke: internal("sample_transitions", smoke)),
-    Part("wsi_patches", 40, lambda smoke: script(
-        "bench_wsi.py", "--threads", "none", *(["--patches", "32", "--batch_size", "16", "--workers", "0"] if smoke else
-                                               ["--patches", "8000", "--batch_size", "64", "--workers", "16"]))),
-    Part("loss_bf16_vs_fp32", 50, lambda smoke: internal("loss_bf16_vs_fp32", smoke)),
+    Part("sample_transitions", 35, lambda s: internal("sample_transitions", s.smoke)),
+    Part("wsi_patches", 40, wsi_argv),
+    Part("loss_bf16_vs_fp32", 50, lambda s: internal("loss_bf16_vs_fp32", s.smoke)),
 )
 
 
@@ -213,9 +225,9 @@ def last_json_line(text: str) -> dict[str, Any] | None:
     return None
 
 
-def run_part(part: Part, smoke: bool, timeout: float) -> dict[str, Any]:
+def run_part(part: Part, settings: Settings, timeout: float) -> dict[str, Any]:
     """Run one part in its own process group (killed whole at the timeout); its JSON line, or its error."""
-    argv = part.argv(smoke)
+    argv = part.argv(settings)
     record: dict[str, Any] = {"budget_s": part.budget_s, "command": " ".join(argv[1:])}
     tic = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -243,12 +255,12 @@ def result_of(report: dict[str, Any], name: str) -> dict[str, Any] | None:
 def goals(report: dict[str, Any]) -> dict[str, Any]:
     """The suite's goals, judged from its parts (None where a part they need did not finish): the canine UNet's
     training MFU against the bf16 dense peak, and the WSI loader against the canine training it would feed (the
-    slowest worker-process reading of the real slide (of the synthetic slides where it is absent), in patches/s,
+    slowest worker-process reading of the real slide (of the synthetic slides where none was read), in patches/s,
     over the training images/s)."""
     canine, wsi = result_of(report, "train_canine"), result_of(report, "wsi_patches")
     mfu = canine["mfu"] if canine else None
     reads = [row["patches_per_s"] for row in (wsi or {}).get("results", [])
-             if row.get("slides") == "cmu_svs" and "workers" in row] or \
+             if row.get("slides") == "real_slide" and "workers" in row] or \
         [row["patches_per_s"] for row in (wsi or {}).get("results", []) if "workers" in row]
     ratio = min(reads) / canine["images_per_s"] if canine and reads else None
     return {
@@ -262,10 +274,10 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> None:
     write_text_atomic(out_dir / RESULT_FILE, json.dumps(report, indent=2) + "\n")
 
 
-def run_suite(out_dir: Path, smoke: bool) -> dict[str, Any]:
+def run_suite(out_dir: Path, settings: Settings) -> dict[str, Any]:
     """Every part in turn, each within its budget and the suite's total; the report is written after each part."""
     started = time.perf_counter()
-    report: dict[str, Any] = {"suite": "gpu_suite", "smoke": smoke, "cuda_available": torch.cuda.is_available(),
+    report: dict[str, Any] = {"suite": "gpu_suite", "smoke": settings.smoke, "cuda_available": torch.cuda.is_available(),
                               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "total_budget_s": TOTAL_BUDGET_S, "parts": {}}
     for part in PARTS:
@@ -273,7 +285,7 @@ def run_suite(out_dir: Path, smoke: bool) -> dict[str, Any]:
         if left < 5:
             report["parts"][part.name] = {"budget_s": part.budget_s, "status": "skipped", "error": "the suite's time was spent"}
             continue
-        report["parts"][part.name] = run_part(part, smoke, min(part.budget_s * (3 if smoke else 1), left))
+        report["parts"][part.name] = run_part(part, settings, min(part.budget_s * (3 if settings.smoke else 1), left))
         report["total_seconds"] = round(time.perf_counter() - started, 1)
         write_report(out_dir, report)
     report["failed_parts"] = [name for name, rec in report["parts"].items() if rec["status"] != "ok"]
@@ -287,6 +299,8 @@ def run(argv: Sequence[str] | None = None) -> None:
     p.add_argument("out_dir", nargs="?", help="folder for gpu_suite.json (created if missing)")
     p.add_argument("--smoke", action="store_true", default=os.environ.get("GPU_SUITE_SMOKE") == "1",
                    help="tiny sizes and no torch.compile (runs on a CPU in about a minute); also GPU_SUITE_SMOKE=1")
+    p.add_argument("--slide", type=Path, help="the real whole-slide image the WSI part reads (default: "
+                   "../shared/data/slides/CMU-1-Small-Region.svs where it exists)")
     p.add_argument("--part", choices=sorted(INTERNAL), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.part:
@@ -295,9 +309,11 @@ def run(argv: Sequence[str] | None = None) -> None:
     if not args.out_dir:
         p.error("the following arguments are required: OUT_DIR")
     out_dir = Path(args.out_dir)
+    if args.slide is not None and not args.slide.is_file():
+        p.error(f"argument --slide: {args.slide} is not a file (expected a whole-slide image)")
     check_writable_output(out_dir, "OUT_DIR")
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = run_suite(out_dir, args.smoke)
+    report = run_suite(out_dir, Settings(args.smoke, args.slide.resolve() if args.slide is not None else None))
     print(f"wrote {out_dir / RESULT_FILE} ({len(report['failed_parts'])} of {len(PARTS)} parts failed)")
 
 

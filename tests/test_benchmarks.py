@@ -74,7 +74,7 @@ def ok(result: dict) -> dict:
 ])
 def test_goals_judge_mfu_and_the_slowest_real_slide_reading(mfu, cmu_rates, met, not_bottleneck):
     wsi = [{"slides": "synthetic", "workers": 16, "patches_per_s": 1.0}]
-    wsi += [{"slides": "cmu_svs", "workers": 16, "patches_per_s": rate} for rate in cmu_rates]
+    wsi += [{"slides": "real_slide", "workers": 16, "patches_per_s": rate} for rate in cmu_rates]
     report = {"parts": {"train_canine": ok({"mfu": mfu, "images_per_s": 500.0}), "wsi_patches": ok({"results": wsi})}}
     goals = load_suite().goals(report)
     assert goals["canine_mfu_met"] is met and goals["wsi_not_the_bottleneck"] is not_bottleneck
@@ -95,7 +95,7 @@ def test_failing_and_slow_parts_are_recorded_and_the_suite_goes_on(tmp_path, mon
         suite.Part("slow", 1, lambda smoke: python + ["import time; time.sleep(30)"]),
         suite.Part("fine", 10, lambda smoke: python + ["print('{\"value\": 1}')"]),
     ))
-    report = suite.run_suite(tmp_path, smoke=False)
+    report = suite.run_suite(tmp_path, suite.Settings())
     parts = report["parts"]
     assert parts["broken"]["status"] == "error" and "exit code 3" in parts["broken"]["error"]
     assert "bad size" in parts["broken"]["error"]
@@ -128,6 +128,47 @@ def test_bad_out_dir_is_refused_before_any_work(tmp_path, capsys, kind, extra, w
     err = capsys.readouterr().err
     assert err.startswith("error:") and all(w in err for w in words), err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_missing_slide_is_refused_before_any_work(tmp_path, capsys):
+    suite = load_suite()
+    assert suite.run_main(suite.run, [str(tmp_path / "out"), "--slide", str(tmp_path / "gone.svs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "--slide" in err and "gone.svs" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_wsi_part_reads_the_slide_given(tmp_path):
+    suite = load_suite()
+    argv = suite.wsi_argv(suite.Settings(smoke=False, slide=tmp_path / "a.svs"))
+    assert argv[argv.index("--slide") + 1] == str(tmp_path / "a.svs") and "16" in argv
+    assert "--slide" not in suite.wsi_argv(suite.Settings(smoke=True))
+
+
+def test_bench_wsi_reads_a_real_slide_given_by_path(synthetic_root, tmp_path):
+    from data.synthetic import slide_name, synthetic_paths
+
+    slide = synthetic_paths(synthetic_root)["slides_dir"] / slide_name(0)
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_wsi.py"), "--patches", "16", "--batch_size", "8",
+                           "--workers", "0", "--threads", "none", "--slide", str(slide),
+                           "--synthetic_root", str(tmp_path / "synthetic")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["real_slide"] == str(slide)
+    rows = {row["slides"]: row["patches_per_s"] for row in result["results"]}
+    assert set(rows) == {"synthetic", "real_slide"} and all(rate > 0 for rate in rows.values())
+
+
+def test_bench_wsi_refuses_a_file_that_is_no_slide(tmp_path, capsys):
+    bad = tmp_path / "notes.svs"
+    bad.write_text("not a slide")
+    with pytest.raises(SystemExit) as exit_info:
+        load_benchmark("bench_wsi").main(["--slide", str(bad), "--synthetic_root", str(tmp_path / "s")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --slide") and "notes.svs" in err and "OpenSlide" in err, err
+    assert not (tmp_path / "s").exists()
 
 
 def test_missing_out_dir_is_refused(capsys):
