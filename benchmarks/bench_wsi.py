@@ -30,7 +30,6 @@ from data.synthetic import generate_synthetic_dataset, synthetic_paths  # noqa: 
 from data.wsi import PatchOptions, StreamSampler, WSITrainPatches, resolve_slides  # noqa: E402
 
 CMU = ROOT.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
-REAL = "real_slide"
 
 
 def synthetic_set(root: Path, tile: int, batch: int) -> WSITrainPatches:
@@ -44,7 +43,7 @@ def slide_dimensions(path: Path) -> tuple[int, int]:
     try:
         with openslide.OpenSlide(str(path)) as slide:
             return slide.dimensions
-    except (openslide.OpenSlideError, FileNotFoundError) as err:
+    except openslide.OpenSlideError as err:
         raise UserError(f"--slide {path}: expected a whole-slide image that OpenSlide can read ({err})") from None
 
 
@@ -92,7 +91,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     real = real_set(slide, args.tile_size, args.batch_size) if slide is not None else None
     sets = {"synthetic": synthetic_set(Path(args.synthetic_root), args.tile_size, args.batch_size)}
     if real is not None:
-        sets[REAL] = real
+        sets["real_slide"] = real
     results = []
     for name, dataset in sets.items():
         for w in args.workers:
